@@ -1,0 +1,77 @@
+"""Headless command line: ``python -m lora_trainer VERB ...``.
+
+Verbs: train, demo, tiny-checkpoint. Each is a thin door onto the core; the
+WebUI tab drives the same functions.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import ConfigError, from_dict, load_toml, parse_set_args
+    from .runner import run_training
+
+    data = load_toml(args.config) if args.config else {}
+    data.update(parse_set_args(args.set or []))
+    try:
+        config, warnings = from_dict(data)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if not config.pretrained_model_name_or_path:
+        print("error: pretrained_model_name_or_path is not set: name the checkpoint file to train on", file=sys.stderr)
+        return 2
+    result = run_training(config)
+    return 0 if result.ok else 1
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .runner import run_demo
+
+    result = run_demo(Path(args.out), epochs=args.epochs)
+    return 0 if result.ok else 1
+
+
+def _cmd_tiny_checkpoint(args: argparse.Namespace) -> int:
+    from .models.tiny import write_tiny_checkpoint
+
+    paths = write_tiny_checkpoint(args.arch, Path(args.out), seed=args.seed)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lora_trainer", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    train = verbs.add_parser("train", help="train a LoRA from a kohya-style TOML config")
+    train.add_argument("--config", help="TOML file with kohya option names (flat, or kohya's sectioned layout)")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one option; repeatable")
+    train.set_defaults(func=_cmd_train)
+
+    demo = verbs.add_parser("demo", help="tiny checkpoint + generated dataset + a short CPU training")
+    demo.add_argument("--out", default="demo_out", help="folder for everything the demo writes (default: demo_out)")
+    demo.add_argument("--epochs", type=int, default=4)
+    demo.set_defaults(func=_cmd_demo)
+
+    tiny = verbs.add_parser("tiny-checkpoint", help="write a small random SD checkpoint for tests")
+    tiny.add_argument("--arch", choices=("sd1", "sdxl"), default="sd1")
+    tiny.add_argument("--out", required=True, help="FILE.safetensors (a same-stem .yaml is written beside it)")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=_cmd_tiny_checkpoint)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

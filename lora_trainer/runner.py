@@ -1,0 +1,145 @@
+"""Headless runs: load a checkpoint file, train with a progress bar, print a summary.
+
+This is the standalone host's job runner; the CLI's ``train`` and ``demo``
+verbs call it. Errors the user can fix come out as one clear message, not a
+traceback.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .config import ConfigError, TrainConfig, from_dict, to_toml
+
+
+@dataclass
+class RunOutcome:
+    ok: bool
+    files: list[Path] = field(default_factory=list)
+    message: str = ""
+    result: object = None
+
+
+def _format_bytes(n: Optional[int]) -> str:
+    return "n/a" if n is None else f"{n / 2**30:.2f} GiB"
+
+
+class ProgressBar:
+    """A tqdm bar fed by the loop's Progress events."""
+
+    def __init__(self, stream=None):
+        self.bar = None
+        self.stream = stream or sys.stderr
+
+    def __call__(self, event) -> None:
+        from tqdm import tqdm
+
+        if event.kind == "start":
+            self.bar = tqdm(total=event.total_steps, desc="steps", file=self.stream, dynamic_ncols=True)
+        elif event.kind == "step" and self.bar is not None:
+            self.bar.n = event.step
+            post = {"epoch": f"{event.epoch}/{event.total_epochs}", "loss": f"{event.loss:.4f}"}
+            for key, value in event.lr.items():
+                post[key] = f"{value:.3g}"
+            self.bar.set_postfix(post, refresh=False)
+            self.bar.refresh()
+        elif event.kind == "saved":
+            (self.bar.write if self.bar else print)(f"saved {event.path}")
+        elif event.kind == "end" and self.bar is not None:
+            self.bar.close()
+
+
+def run_training(config: TrainConfig, log=print) -> RunOutcome:
+    from .dataset import DatasetError
+    from .models.standalone import load_checkpoint
+    from .training.loop import TrainingError, train
+    import torch
+
+    device = _pick_device(config.device)
+    dtype = torch.float32
+    if device.type == "cuda" and config.mixed_precision in ("fp16", "bf16"):
+        # frozen base weights in the compute dtype, as kohya does under mixed precision
+        dtype = torch.float16 if config.mixed_precision == "fp16" else torch.bfloat16
+    started = time.perf_counter()
+    try:
+        model = load_checkpoint(
+            config.pretrained_model_name_or_path, device=device, dtype=dtype,
+            prediction_type="v_prediction" if config.v_parameterization else None,
+        )
+        log(f"model: {model.name} ({model.arch}, {model.prediction_type}) on {device}")
+        result = train(config, model, on_progress=ProgressBar(), log=log)
+    except (ConfigError, DatasetError, TrainingError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return RunOutcome(ok=False, message=str(exc))
+    except KeyboardInterrupt:
+        print("interrupted; epochs saved so far are kept", file=sys.stderr)
+        return RunOutcome(ok=False, message="interrupted")
+
+    elapsed = time.perf_counter() - started
+    log("")
+    log(f"done: {result.steps} steps, {result.epochs} epochs in {elapsed:.1f} s "
+        f"(training {result.elapsed:.1f} s); peak memory {_format_bytes(result.peak_memory)}")
+    for path in result.files:
+        log(f"  wrote {path}")
+    return RunOutcome(ok=True, files=list(result.files), result=result)
+
+
+def _pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def demo_config(root: Path, checkpoint: Path, train_dir: Path, epochs: int) -> TrainConfig:
+    config, _ = from_dict({
+        "pretrained_model_name_or_path": str(checkpoint),
+        "train_data_dir": str(train_dir),
+        "output_dir": str(root / "lora"),
+        "output_name": "demo",
+        "trigger_word": "demo_circle",
+        "resolution": "64",
+        "enable_bucket": True,
+        "min_bucket_reso": 32,
+        "max_bucket_reso": 128,
+        "bucket_reso_steps": 32,
+        "train_batch_size": 4,
+        "network_dim": 8,
+        "network_alpha": 4,
+        "optimizer_type": "AdamW",
+        "learning_rate": 1e-3,
+        "lr_scheduler": "cosine",
+        "max_train_epochs": epochs,
+        "save_every_n_epochs": 1,
+        "clip_skip": 2,
+        "cache_latents": True,
+        "seed": 42,
+        "device": "cpu",
+    })
+    return config
+
+
+def run_demo(root: Path, epochs: int = 4, log=print) -> RunOutcome:
+    from .demo import make_demo_dataset
+    from .models.tiny import write_tiny_checkpoint
+
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    log(f"demo: writing a tiny SD1 checkpoint and a generated dataset under {root}")
+    paths = write_tiny_checkpoint("sd1", root / "models" / "tiny-sd1.safetensors")
+    train_dir = make_demo_dataset(root / "dataset")
+    config = demo_config(root, Path(paths["checkpoint"]), train_dir, epochs)
+    config_path = root / "demo.toml"
+    config_path.write_text(to_toml(config), encoding="utf-8")
+    log(f"demo: config {config_path} (re-run with: python -m lora_trainer train --config {config_path})")
+    outcome = run_training(config, log=log)
+    if outcome.ok:
+        log("")
+        log(f"demo: checkpoint  {paths['checkpoint']}")
+        log(f"demo: dataset     {train_dir}")
+        log(f"demo: LoRA files  {root / 'lora'}")
+    return outcome

@@ -1,0 +1,349 @@
+"""The training loop, readable top to bottom.
+
+``train(config, model)`` takes a validated :class:`TrainConfig` and a model a
+host lends (:class:`DiffusionModel`), attaches a LoRA network to it, trains
+it with kohya's step semantics, writes kohya-format files epoch by epoch, and
+always hands the model back as it was lent (weights, flags, forwards), however
+the run ends.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import ExitStack, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..config import TrainConfig
+from ..models.base import DiffusionModel
+from . import conditioning, loss_weighting, noise as noise_lib
+from .host_state import preserved_host_state
+from .optimizers import build_optimizer, optimizer_lr_and_d
+from .progress import Progress, ProgressCallback, StopFlag, Timer
+from .schedulers import build_scheduler
+
+
+class TrainingError(RuntimeError):
+    """Training could not start or continue; the message says why and what to do."""
+
+
+@dataclass
+class TrainResult:
+    files: list[Path] = field(default_factory=list)
+    steps: int = 0
+    epochs: int = 0
+    elapsed: float = 0.0
+    peak_memory: Optional[int] = None
+    interrupted: bool = False
+    losses: list[float] = field(default_factory=list)  # per optimizer step
+    plan: object = None  # the dataset plan (counts kohya prints)
+
+    @property
+    def ok(self) -> bool:
+        return True
+
+
+def train(
+    config: TrainConfig,
+    model: DiffusionModel,
+    *,
+    on_progress: Optional[ProgressCallback] = None,
+    stop: Optional[StopFlag] = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    from ..dataset import build_dataset_plan
+    from ..networks import LoRANetwork
+    from . import saving
+
+    emit = on_progress or (lambda _p: None)
+    stop = stop or StopFlag()
+    device = model.device
+    timer = Timer()
+
+    # 1. Dataset: scan, bucket, count — kohya prints these numbers before step 1.
+    plan = build_dataset_plan(config, arch=model.arch, log=log)
+    counts = plan.counts
+    log(plan.summary())
+
+    # 2. Reproducibility: one seed drives python's, torch's and the noise generator.
+    seed = config.seed if config.seed is not None else random.randrange(2**31)
+    random.seed(seed)
+    torch.manual_seed(seed)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    caption_rng = random.Random(seed)
+
+    train_unet = not config.network_train_text_encoder_only
+    train_te = not config.network_train_unet_only
+    autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.mixed_precision)
+    lora_dtype = torch.float32
+    if config.full_fp16:
+        lora_dtype = torch.float16
+    elif config.full_bf16:
+        lora_dtype = torch.bfloat16
+
+    result = TrainResult(plan=plan)
+    with ExitStack() as stack:
+        # 3. The host's model is restored on the way out, whatever happens below.
+        stack.enter_context(preserved_host_state(model))
+        for module in _all_modules(model):
+            module.requires_grad_(False)
+
+        network = LoRANetwork.from_model(
+            model,
+            network_dim=config.effective_network_dim,
+            network_alpha=config.effective_network_alpha,
+            conv_dim=config.conv_dim,
+            conv_alpha=config.conv_alpha,
+            dropout=config.network_dropout,
+            rank_dropout=_float_or_none(config.network_kwargs.get("rank_dropout")),
+            module_dropout=_float_or_none(config.network_kwargs.get("module_dropout")),
+            train_unet=train_unet,
+            train_text_encoder=train_te,
+            weights=config.network_weights,
+            dim_from_weights=config.dim_from_weights,
+        )
+        network.to(device=device, dtype=lora_dtype)
+        stack.enter_context(network.applied())
+        log(f"LoRA: {len(network.unet_loras)} UNet modules, {len(network.text_encoder_loras)} text-encoder modules")
+
+        if config.gradient_checkpointing:
+            _enable_gradient_checkpointing(model, train_te)
+        model.unet.train(train_unet)
+        for te in model.text_encoders:
+            te.model.train(train_te)
+
+        # 4. Latents: cached once up front when asked (and always encoded without grad).
+        if config.cache_latents:
+            log("caching latents ...")
+            plan.cache_latents(model.vae_encode, to_disk=config.cache_latents_to_disk, device=device)
+
+        text_cache = None
+        if not train_te and config.cache_text_encoder_outputs and plan.captions_are_static:
+            text_cache = {}
+
+        # 5. Optimizer and scheduler, by kohya's names, from their libraries.
+        params = network.prepare_optimizer_params(
+            unet_lr=config.unet_lr, text_encoder_lr=config.text_encoder_lr, default_lr=config.learning_rate
+        )
+        if not params:
+            raise TrainingError("nothing to train: no LoRA modules were created (check network_train_* options)")
+        optimizer, optimizer_name = build_optimizer(
+            config.optimizer_type, params, config.learning_rate, config.optimizer_args
+        )
+        total_steps = counts.max_train_steps
+        scheduler = build_scheduler(
+            config.lr_scheduler,
+            optimizer,
+            num_training_steps=total_steps,
+            num_warmup_steps=config.lr_warmup_steps,
+            num_cycles=config.lr_scheduler_num_cycles,
+            power=config.lr_scheduler_power,
+            scheduler_args=config.lr_scheduler_args,
+        )
+        scaler = None
+        if config.mixed_precision == "fp16" and device.type == "cuda" and not config.full_fp16:
+            scaler = torch.amp.GradScaler("cuda")
+        trainable = [p for group in params for p in group["params"]]
+
+        saver = saving.EpochSaver(config, model, network, plan, seed=seed, optimizer_name=optimizer_name,
+                                  total_steps=total_steps, log=log)
+        alphas_cumprod = model.alphas_cumprod.to(device=device, dtype=torch.float32)
+        v_pred = model.prediction_type == "v_prediction" or config.v_parameterization
+
+        emit(Progress("start", total_steps=total_steps, total_epochs=counts.num_epochs,
+                      message=f"{counts.num_batches_per_epoch} batches per epoch"))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+        # 6. The loop: kohya counts a step per optimizer update.
+        global_step = 0
+        accum = config.gradient_accumulation_steps
+        for epoch in range(1, counts.num_epochs + 1):
+            plan.set_epoch(epoch)
+            epoch_losses: list[float] = []
+            micro = 0
+            for batch in plan.batches(caption_rng):
+                micro += 1
+                sync = micro % accum == 0 or micro == counts.num_batches_per_epoch
+                amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
+                with amp:
+                    loss = _step_loss(config, model, batch, alphas_cumprod, v_pred, train_te, generator,
+                                      text_cache, device)
+                loss_for_backward = loss / accum
+                if scaler is not None:
+                    scaler.scale(loss_for_backward).backward()
+                else:
+                    loss_for_backward.backward()
+                if not sync:
+                    continue
+
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                if config.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if config.scale_weight_norms:
+                    network.apply_max_norm_regularization(config.scale_weight_norms, device)
+                global_step += 1
+
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise TrainingError(
+                        f"loss became {value} at step {global_step}; lower the learning rate, or use bf16 "
+                        "instead of fp16 mixed precision"
+                    )
+                result.losses.append(value)
+                epoch_losses.append(value)
+                emit(Progress(
+                    "step", step=global_step, total_steps=total_steps, epoch=epoch,
+                    total_epochs=counts.num_epochs, loss=sum(epoch_losses) / len(epoch_losses),
+                    lr=optimizer_lr_and_d(optimizer), elapsed=timer.elapsed,
+                    eta=timer.eta(global_step, total_steps), peak_memory=_peak_memory(device),
+                ))
+                if global_step >= total_steps or stop.requested:
+                    break
+
+            result.steps, result.epochs = global_step, epoch
+            interrupted = stop.requested and global_step < total_steps
+            is_last = epoch == counts.num_epochs or global_step >= total_steps
+            if interrupted:
+                result.interrupted = True
+                log(f"interrupted at step {global_step} (epoch {epoch})")
+                if stop.save_current:
+                    result.files.append(saver.save(epoch, global_step, final=False, tag="interrupted"))
+                break
+            path = saver.maybe_save_epoch(epoch, global_step, is_last=is_last)
+            if path is not None:
+                result.files.append(path)
+                emit(Progress("saved", step=global_step, epoch=epoch, path=str(path)))
+            emit(Progress("epoch", step=global_step, total_steps=total_steps, epoch=epoch,
+                          total_epochs=counts.num_epochs,
+                          loss=sum(epoch_losses) / max(len(epoch_losses), 1), elapsed=timer.elapsed))
+            if is_last:
+                break
+
+        if not result.interrupted:
+            final = saver.save(result.epochs, global_step, final=True)
+            result.files.append(final)
+            emit(Progress("saved", step=global_step, epoch=result.epochs, path=str(final)))
+        result.files.extend([])
+        result.peak_memory = _peak_memory(device)
+        del optimizer, scheduler, trainable, params
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    result.elapsed = timer.elapsed
+    emit(Progress("end", step=result.steps, total_steps=counts.max_train_steps, epoch=result.epochs,
+                  elapsed=result.elapsed, peak_memory=result.peak_memory))
+    return result
+
+
+def _step_loss(config, model, batch, alphas_cumprod, v_pred, train_te, generator, text_cache, device):
+    """One micro-batch: latents, conditioning, noise, UNet, kohya's weighted loss."""
+    if batch.latents is not None:
+        latents = batch.latents.to(device)
+    else:
+        with torch.no_grad():
+            latents = model.vae_encode(batch.images.to(device, dtype=model.dtype)).float()
+    latents = latents.float()
+
+    with torch.set_grad_enabled(train_te):
+        context, y = _text_conditioning(config, model, batch, device, text_cache)
+
+    noise, noisy, timesteps = noise_lib.noisy_latents(
+        latents,
+        alphas_cumprod,
+        generator=generator,
+        noise_offset=config.noise_offset,
+        adaptive_noise_scale=config.adaptive_noise_scale,
+        multires_noise_iterations=config.multires_noise_iterations,
+        multires_noise_discount=config.multires_noise_discount,
+        ip_noise_gamma=config.ip_noise_gamma,
+        min_timestep=config.min_timestep,
+        max_timestep=config.max_timestep,
+    )
+    unet_dtype = _param_dtype(model.unet)
+    pred = model.unet(noisy.to(unet_dtype), timesteps, context.to(unet_dtype),
+                      y.to(unet_dtype) if y is not None else None)
+    target = noise_lib.v_target(latents, noise, timesteps, alphas_cumprod) if v_pred else noise
+
+    loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    loss = loss * batch.loss_weights.to(device)
+    loss = loss_weighting.apply_all(
+        loss, timesteps, alphas_cumprod,
+        v_prediction=v_pred,
+        min_snr_gamma=config.min_snr_gamma,
+        scale_v_pred_loss_like_noise_pred=config.scale_v_pred_loss_like_noise_pred,
+        v_pred_like_loss=config.v_pred_like_loss,
+        debiased_estimation_loss=config.debiased_estimation_loss,
+    )
+    return loss.mean()
+
+
+def _text_conditioning(config, model, batch, device, text_cache):
+    key = tuple(batch.captions) if text_cache is not None else None
+    if key is not None and key in text_cache:
+        return text_cache[key]
+    ids = [conditioning.tokenize(batch.captions, te, config.max_token_length).to(device)
+           for te in model.text_encoders]
+    if model.is_sdxl:
+        context, pooled = conditioning.encode_sdxl(model.text_encoders[0], model.text_encoders[1], ids[0], ids[1])
+        y = conditioning.sdxl_vector_cond(pooled, batch.original_sizes_hw, batch.crop_top_lefts,
+                                          batch.target_sizes_hw)
+        out = (context, y)
+    else:
+        context = conditioning.encode_sd(model.text_encoders[0], ids[0], config.clip_skip,
+                                         v2=model.arch == "sd2")
+        out = (context, None)
+    if key is not None:
+        text_cache[key] = tuple(t.detach() if t is not None else None for t in out)
+    return out
+
+
+def _all_modules(model: DiffusionModel):
+    yield model.unet
+    for te in model.text_encoders:
+        yield te.model
+    if model.vae is not None:
+        yield model.vae
+
+
+def _enable_gradient_checkpointing(model: DiffusionModel, train_te: bool) -> None:
+    if hasattr(model.unet, "set_gradient_checkpointing"):
+        model.unet.set_gradient_checkpointing(True)
+    if train_te:
+        for te in model.text_encoders:
+            if hasattr(te.model, "gradient_checkpointing_enable"):
+                te.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _param_dtype(module: torch.nn.Module) -> torch.dtype:
+    for p in module.parameters():
+        return p.dtype
+    return torch.float32
+
+
+def _peak_memory(device: torch.device) -> Optional[int]:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    except Exception:  # pragma: no cover - not on every platform
+        return None
+
+
+def _float_or_none(value):
+    return float(value) if value not in (None, "", "None") else None
