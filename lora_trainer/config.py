@@ -337,8 +337,6 @@ def validate(config: TrainConfig, check_paths: bool = True) -> list[str]:
         errors.append("save_every_n_epochs must be at least 1")
     if not config.output_name or any(c in config.output_name for c in '/\\:*?"<>|'):
         errors.append(f"output_name {config.output_name!r}: use a plain file name without path characters")
-    if config.noise_offset is not None and config.multires_noise_iterations:
-        warnings.append("noise_offset and multires_noise_iterations are both set; kohya applies only noise_offset")
     if config.optimizer_type.lower().startswith(("dadapt", "prodigy")) and config.learning_rate < 0.1:
         warnings.append(
             f"{config.optimizer_type} adapts its step size itself; kohya's guides set learning_rate around 1.0 "
