@@ -44,12 +44,12 @@ def make_demo_dataset(root: Path, per_folder: int = 16, seed: int = 0) -> Path:
     """Write ``root/train/{4_circle,2_square}`` with images and .txt captions."""
     rng = random.Random(seed)
     train = Path(root) / "train"
-    for folder, shape, trigger in (("4_circle", "circle", "demo_circle"), ("2_square", "square", "demo_square")):
+    for folder, shape, trigger in (("2_circle", "circle", "demo_circle"), ("1_square", "square", "demo_square")):
         directory = train / folder
         directory.mkdir(parents=True, exist_ok=True)
         for index in range(per_folder):
             # a third of the images are non-square so bucketing has work to do
-            size = rng.choice([(64, 64), (64, 64), (96, 64), (64, 96)])
+            size = rng.choice([(96, 96), (96, 96), (128, 64), (64, 128)])
             image, tags = _draw(rng, shape, size)
             stem = directory / f"{shape}_{index:03d}"
             image.save(stem.with_suffix(".png"))

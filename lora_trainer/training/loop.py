@@ -58,24 +58,25 @@ def train(
 ) -> TrainResult:
     from ..dataset import build_dataset_plan
     from ..networks import LoRANetwork
-    from . import saving
+    from .saving import EpochSaver
 
     emit = on_progress or (lambda _p: None)
     stop = stop or StopFlag()
     device = model.device
     timer = Timer()
 
-    # 1. Dataset: scan, bucket, count — kohya prints these numbers before step 1.
-    plan = build_dataset_plan(config, arch=model.arch, log=log)
-    counts = plan.counts
-    log(plan.summary())
-
-    # 2. Reproducibility: one seed drives python's, torch's and the noise generator.
+    # 1. Reproducibility: one seed drives python's, torch's, the data order and the noise generator.
     seed = config.seed if config.seed is not None else random.randrange(2**31)
     random.seed(seed)
     torch.manual_seed(seed)
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    caption_rng = random.Random(seed)
+
+    # 2. Dataset: scan, bucket, count — kohya prints these numbers before step 1.
+    plan = build_dataset_plan(config, arch=model.arch, seed=seed, log=log)
+    counts = plan.counts
+    log(plan.summary())
+    if model.is_sdxl:
+        conditioning.warn_sdxl_clip_skip(config.clip_skip)
 
     train_unet = not config.network_train_text_encoder_only
     train_te = not config.network_train_unet_only
@@ -93,22 +94,30 @@ def train(
         for module in _all_modules(model):
             module.requires_grad_(False)
 
-        network = LoRANetwork.from_model(
-            model,
-            network_dim=config.effective_network_dim,
-            network_alpha=config.effective_network_alpha,
-            conv_dim=config.conv_dim,
-            conv_alpha=config.conv_alpha,
+        network_options = dict(
             dropout=config.network_dropout,
             rank_dropout=_float_or_none(config.network_kwargs.get("rank_dropout")),
             module_dropout=_float_or_none(config.network_kwargs.get("module_dropout")),
             train_unet=train_unet,
             train_text_encoder=train_te,
-            weights=config.network_weights,
-            dim_from_weights=config.dim_from_weights,
+            dtype=lora_dtype,
         )
-        network.to(device=device, dtype=lora_dtype)
-        stack.enter_context(network.applied())
+        if config.network_weights and config.dim_from_weights:
+            network = LoRANetwork.from_file(model, config.network_weights, **network_options)
+        else:
+            network = LoRANetwork.from_model(
+                model,
+                network_dim=config.effective_network_dim,
+                network_alpha=config.effective_network_alpha,
+                conv_dim=config.conv_dim,
+                conv_alpha=config.conv_alpha,
+                **network_options,
+            )
+            if config.network_weights:
+                # kohya's network_weights: continue from an earlier file of the same shape
+                network.load_weights(config.network_weights)
+                log(f"loaded LoRA weights from {config.network_weights}")
+        stack.enter_context(network)
         log(f"LoRA: {len(network.unet_loras)} UNet modules, {len(network.text_encoder_loras)} text-encoder modules")
 
         if config.gradient_checkpointing:
@@ -120,20 +129,22 @@ def train(
         # 4. Latents: cached once up front when asked (and always encoded without grad).
         if config.cache_latents:
             log("caching latents ...")
-            plan.cache_latents(model.vae_encode, to_disk=config.cache_latents_to_disk, device=device)
+            plan.cache_latents(model.vae_encode, to_disk=config.cache_latents_to_disk, device=device,
+                               sdxl=model.is_sdxl, scale=model.vae_scale_factor)
 
         text_cache = None
         if not train_te and config.cache_text_encoder_outputs and plan.captions_are_static:
             text_cache = {}
 
         # 5. Optimizer and scheduler, by kohya's names, from their libraries.
-        params = network.prepare_optimizer_params(
+        params, group_names = network.prepare_optimizer_params(
             unet_lr=config.unet_lr, text_encoder_lr=config.text_encoder_lr, default_lr=config.learning_rate
         )
         if not params:
             raise TrainingError("nothing to train: no LoRA modules were created (check network_train_* options)")
         optimizer, optimizer_name = build_optimizer(
-            config.optimizer_type, params, config.learning_rate, config.optimizer_args
+            config.optimizer_type, params, config.learning_rate, config.optimizer_args,
+            max_grad_norm=config.max_grad_norm, lr_scheduler=config.lr_scheduler,
         )
         total_steps = counts.max_train_steps
         scheduler = build_scheduler(
@@ -150,7 +161,7 @@ def train(
             scaler = torch.amp.GradScaler("cuda")
         trainable = [p for group in params for p in group["params"]]
 
-        saver = saving.EpochSaver(config, model, network, plan, seed=seed, optimizer_name=optimizer_name,
+        saver = EpochSaver(config, model, network, plan, seed=seed, optimizer_name=optimizer_name,
                                   total_steps=total_steps, log=log)
         alphas_cumprod = model.alphas_cumprod.to(device=device, dtype=torch.float32)
         v_pred = model.prediction_type == "v_prediction" or config.v_parameterization
@@ -167,7 +178,7 @@ def train(
             plan.set_epoch(epoch)
             epoch_losses: list[float] = []
             micro = 0
-            for batch in plan.batches(caption_rng):
+            for batch in plan.batches(epoch):
                 micro += 1
                 sync = micro % accum == 0 or micro == counts.num_batches_per_epoch
                 amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
@@ -208,7 +219,7 @@ def train(
                 emit(Progress(
                     "step", step=global_step, total_steps=total_steps, epoch=epoch,
                     total_epochs=counts.num_epochs, loss=sum(epoch_losses) / len(epoch_losses),
-                    lr=optimizer_lr_and_d(optimizer), elapsed=timer.elapsed,
+                    lr=optimizer_lr_and_d(optimizer, scheduler, group_names), elapsed=timer.elapsed,
                     eta=timer.eta(global_step, total_steps), peak_memory=_peak_memory(device),
                 ))
                 if global_step >= total_steps or stop.requested:
