@@ -97,20 +97,14 @@ class DatasetPlan:
 
 def build_dataset_plan(config, arch: str, seed: int, log: Callable[[str], None] = print) -> DatasetPlan:
     scan = scan_dataset(config.train_data_dir, config.reg_data_dir, config.caption_extension)
+    if scan.num_train_images == 0:
+        # nothing to train on: every finding may explain why, warnings included
+        raise DatasetError("the dataset has problems to fix before training:\n"
+                           + format_findings(scan.errors + scan.warnings))
     for finding in scan.warnings:
         log(f"warning: {format_findings([finding])}")
     if scan.errors:
-        usable = scan.num_train_images
-        head = "the dataset has problems to fix before training:" if not usable else \
-            "some files cannot be used; they are left out of training:"
-        if not usable:
-            raise DatasetError(f"{head}\n{format_findings(scan.errors)}")
-        log(f"warning: {head}\n{format_findings(scan.errors)}")
-    if scan.num_train_images == 0:
-        raise DatasetError(
-            f"no training images found in {config.train_data_dir}: put them in sub-folders named like "
-            "'10_name' (10 = repeats), as kohya expects"
-        )
+        log("warning: some files cannot be used; they are left out of training:\n" + format_findings(scan.errors))
 
     captions = CaptionOptions(
         shuffle_caption=config.shuffle_caption,

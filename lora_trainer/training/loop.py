@@ -42,6 +42,7 @@ class TrainResult:
     interrupted: bool = False
     losses: list[float] = field(default_factory=list)  # per optimizer step
     plan: object = None  # the dataset plan (counts kohya prints)
+    network_state: dict = field(default_factory=dict)  # the trained LoRA tensors as the run ended
 
     @property
     def ok(self) -> bool:
@@ -141,7 +142,8 @@ def train(
             unet_lr=config.unet_lr, text_encoder_lr=config.text_encoder_lr, default_lr=config.learning_rate
         )
         if not params:
-            raise TrainingError("nothing to train: no LoRA modules were created (check network_train_* options)")
+            raise TrainingError("nothing to train: every learning rate is 0, or no LoRA modules were created "
+                                "(check learning_rate / unet_lr / text_encoder_lr and network_train_* options)")
         optimizer, optimizer_name = build_optimizer(
             config.optimizer_type, params, config.learning_rate, config.optimizer_args,
             max_grad_norm=config.max_grad_norm, lr_scheduler=config.lr_scheduler,
@@ -248,7 +250,7 @@ def train(
             final = saver.save(result.epochs, global_step, final=True)
             result.files.append(final)
             emit(Progress("saved", step=global_step, epoch=result.epochs, path=str(final)))
-        result.files.extend([])
+        result.network_state = {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()}
         result.peak_memory = _peak_memory(device)
         del optimizer, scheduler, trainable, params
 
