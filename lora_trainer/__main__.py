@@ -1,6 +1,6 @@
 """Headless command line: ``python -m lora_trainer VERB ...``.
 
-Verbs: train, demo, tiny-checkpoint. Each is a thin door onto the core; the
+Verbs: train, demo, tiny-checkpoint, ui, bench. Each is a thin door onto the core; the
 WebUI tab drives the same functions.
 """
 from __future__ import annotations
@@ -46,6 +46,21 @@ def _cmd_tiny_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from .ui.app import main as ui_main
+
+    return ui_main(args)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import runpy
+
+    script = Path(__file__).resolve().parent.parent / "bench" / "bench_train.py"
+    sys.argv = [str(script)] + list(args.bench_args)
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lora_trainer", description=__doc__.splitlines()[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -65,6 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--out", required=True, help="FILE.safetensors (a same-stem .yaml is written beside it)")
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=_cmd_tiny_checkpoint)
+
+    ui = verbs.add_parser("ui", help="the LoRA Trainer tab outside the WebUI (standalone host)")
+    ui.add_argument("--ckpt", required=True, help="checkpoint file the standalone host lends")
+    ui.add_argument("--lora-dir", default="models/Lora", help="where LoRA files go (default: models/Lora)")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=7861)
+    ui.set_defaults(func=_cmd_ui)
+
+    bench = verbs.add_parser("bench", help="speed/memory benchmark (GPU); see bench/README.md", add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 
