@@ -333,6 +333,15 @@ def validate(config: TrainConfig, check_paths: bool = True) -> list[str]:
             errors.append(f"{name} must be between 0 and 1")
     if config.cache_latents and (config.color_aug or config.random_crop):
         errors.append("cache_latents cannot be used with color_aug or random_crop (kohya refuses the same)")
+    if config.cache_text_encoder_outputs:
+        if not config.network_train_unet_only:
+            errors.append("cache_text_encoder_outputs needs network_train_unet_only: a trained text encoder's "
+                          "outputs change every step (kohya refuses the same)")
+        changing = [name for name in ("shuffle_caption", "caption_dropout_rate", "caption_tag_dropout_rate",
+                                      "caption_dropout_every_n_epochs") if getattr(config, name)]
+        if changing:
+            errors.append(f"cache_text_encoder_outputs cannot be used with {', '.join(changing)}: the captions "
+                          "change between epochs (kohya refuses the same)")
     if config.save_every_n_epochs is not None and config.save_every_n_epochs < 1:
         errors.append("save_every_n_epochs must be at least 1")
     if not config.output_name or any(c in config.output_name for c in '/\\:*?"<>|'):

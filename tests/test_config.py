@@ -71,6 +71,7 @@ def test_kohya_sectioned_toml_is_flattened_and_round_trips(tmp_path, data_dir):
     ("resolution", "500", "multiples of 8"),
     ("output_name", "a/b", "output_name"),
     ("network_args", "['conv_dim']", "key=value"),
+    ("cache_text_encoder_outputs", "true", "network_train_unet_only"),
 ])
 def test_bad_values_are_rejected_with_the_option_named(data_dir, key, value, needle):
     with pytest.raises(ConfigError, match=needle):

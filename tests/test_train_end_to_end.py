@@ -185,6 +185,21 @@ def test_seed_reproduces_and_resume_continues_from_a_saved_epoch(tmp_path, tiny_
     assert any(not torch.equal(resumed.network_state[k], saved[k]) for k in saved)
 
 
+def test_cached_text_encoder_outputs_train_the_same_sdxl_lora(tmp_path, tiny_checkpoints, small_dataset):
+    common = dict(network_train_unet_only=True, cache_latents=True, max_train_epochs=1)
+    _, _, plain = run(tiny_checkpoints, "sdxl", small_dataset, tmp_path / "a", **common)
+    _, _, cached = run(tiny_checkpoints, "sdxl", small_dataset, tmp_path / "b", cache_text_encoder_outputs=True,
+                       **common)
+    assert plain.network_state.keys() == cached.network_state.keys()
+    assert not any(k.startswith("lora_te") for k in cached.network_state)
+    # same conditioning, so the same training up to float noise from batching captions differently
+    # (Adam magnifies that on single elements, so compare the whole network's relative change)
+    diff = sum((cached.network_state[k] - v).norm() ** 2 for k, v in plain.network_state.items()) ** 0.5
+    size = sum(v.norm() ** 2 for v in plain.network_state.values()) ** 0.5
+    assert diff / size < 1e-4, float(diff / size)
+    torch.testing.assert_close(torch.tensor(cached.losses), torch.tensor(plain.losses), rtol=1e-5, atol=1e-6)
+
+
 def test_learning_happens_loss_halves_on_a_fixed_batch(tiny_checkpoints):
     """Fixed latents, noise and timesteps: LoRA alone must fit them (loss at least halves)."""
     from lora_trainer.training import conditioning, noise as noise_lib

@@ -42,15 +42,12 @@ class Batch:
 
 
 class DatasetPlan:
-    def __init__(self, scan: DatasetScan, dataset: LoraDataset, counts: StepCounts, batch_size: int, seed: int,
-                 captions_are_static: bool):
+    def __init__(self, scan: DatasetScan, dataset: LoraDataset, counts: StepCounts, batch_size: int, seed: int):
         self.scan = scan
         self.dataset = dataset
         self.counts = counts
         self.batch_size = batch_size
         self.seed = seed
-        # text-encoder outputs can be cached only when a caption never changes between epochs
-        self.captions_are_static = captions_are_static
 
     @property
     def findings(self) -> list[Finding]:
@@ -146,6 +143,4 @@ def build_dataset_plan(config, arch: str, seed: int, log: Callable[[str], None] 
         raise DatasetError(f"{config.train_data_dir}: {exc}") from None
     for finding in dataset.findings:
         log(f"warning: {format_findings([finding])}")
-    static = not (config.shuffle_caption or config.caption_dropout_rate or config.caption_tag_dropout_rate
-                  or config.caption_dropout_every_n_epochs)
-    return DatasetPlan(scan, dataset, counts, config.train_batch_size, seed, static)
+    return DatasetPlan(scan, dataset, counts, config.train_batch_size, seed)

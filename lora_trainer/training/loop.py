@@ -133,9 +133,8 @@ def train(
             plan.cache_latents(model.vae_encode, to_disk=config.cache_latents_to_disk, device=device,
                                sdxl=model.is_sdxl, scale=model.vae_scale_factor)
 
-        text_cache = None
-        if not train_te and config.cache_text_encoder_outputs and plan.captions_are_static:
-            text_cache = {}
+        # validate() has made sure captions never change when this is on (kohya refuses the same)
+        text_cache = {} if config.cache_text_encoder_outputs else None
 
         # 5. Optimizer and scheduler, by kohya's names, from their libraries.
         params, group_names = network.prepare_optimizer_params(
@@ -305,23 +304,31 @@ def _step_loss(config, model, batch, alphas_cumprod, v_pred, train_te, generator
 
 
 def _text_conditioning(config, model, batch, device, text_cache):
-    key = tuple(batch.captions) if text_cache is not None else None
-    if key is not None and key in text_cache:
-        return text_cache[key]
-    ids = [conditioning.tokenize(batch.captions, te, config.max_token_length).to(device)
-           for te in model.text_encoders]
+    """Context (and SDXL's y vector). With ``text_cache`` (a dict), each caption is encoded
+    once and reused, as kohya's cache_text_encoder_outputs does per image."""
+    captions = list(batch.captions)
+    if text_cache is not None:
+        missing = list(dict.fromkeys(c for c in captions if c not in text_cache))
+        if missing:
+            context, pooled = _encode_captions(config, model, missing, device)
+            for i, caption in enumerate(missing):
+                text_cache[caption] = (context[i].detach(), None if pooled is None else pooled[i].detach())
+        context = torch.stack([text_cache[c][0] for c in captions])
+        pooled = torch.stack([text_cache[c][1] for c in captions]) if model.is_sdxl else None
+    else:
+        context, pooled = _encode_captions(config, model, captions, device)
+    y = None
     if model.is_sdxl:
-        context, pooled = conditioning.encode_sdxl(model.text_encoders[0], model.text_encoders[1], ids[0], ids[1])
         y = conditioning.sdxl_vector_cond(pooled, batch.original_sizes_hw, batch.crop_top_lefts,
                                           batch.target_sizes_hw)
-        out = (context, y)
-    else:
-        context = conditioning.encode_sd(model.text_encoders[0], ids[0], config.clip_skip,
-                                         v2=model.arch == "sd2")
-        out = (context, None)
-    if key is not None:
-        text_cache[key] = tuple(t.detach() if t is not None else None for t in out)
-    return out
+    return context, y
+
+
+def _encode_captions(config, model, captions, device):
+    ids = [conditioning.tokenize(captions, te, config.max_token_length).to(device) for te in model.text_encoders]
+    if model.is_sdxl:
+        return conditioning.encode_sdxl(model.text_encoders[0], model.text_encoders[1], ids[0], ids[1])
+    return conditioning.encode_sd(model.text_encoders[0], ids[0], config.clip_skip, v2=model.arch == "sd2"), None
 
 
 def _all_modules(model: DiffusionModel):
