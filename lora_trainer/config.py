@@ -2,8 +2,9 @@
 
 Every field here means what the option of the same name means in kohya's
 ``train_network.py`` / ``sdxl_train_network.py``; defaults are kohya's except
-where noted (``caption_extension`` is ".txt" like the guides, kohya's is
-".caption"). Validation lives in :func:`validate` and nowhere else: the CLI, the
+where noted: ``caption_extension`` is ".txt" like the guides (kohya's is
+".caption") and ``learning_rate`` is 1e-4, a LoRA rate (kohya's generic
+default, 2e-6, is meant for full fine-tuning). Validation lives in :func:`validate` and nowhere else: the CLI, the
 tab and the API all build a :class:`TrainConfig` through :func:`from_dict`.
 """
 from __future__ import annotations
@@ -12,7 +13,10 @@ import ast
 import dataclasses
 import difflib
 import os
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python 3.10, as the WebUIs run: install.py adds tomli
+    import tomli as tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
@@ -55,6 +59,7 @@ class TrainConfig:
     cache_latents: bool = False
     cache_latents_to_disk: bool = False
     cache_text_encoder_outputs: bool = False
+    no_half_vae: bool = False  # keep the VAE in fp32 under fp16/bf16 (SDXL's VAE overflows in fp16)
     train_batch_size: int = 1
     # --- network -------------------------------------------------------------
     network_module: str = "networks.lora"
@@ -70,7 +75,7 @@ class TrainConfig:
     # --- optimizer and scheduler --------------------------------------------
     optimizer_type: str = "AdamW"
     optimizer_args: list[str] = field(default_factory=list)
-    learning_rate: float = 1e-4
+    learning_rate: float = 1e-4  # kohya: 2e-6 (see the module docstring)
     unet_lr: Optional[float] = None
     text_encoder_lr: Optional[float] = None
     max_grad_norm: float = 1.0
@@ -101,7 +106,7 @@ class TrainConfig:
     max_timestep: Optional[int] = None
     # --- saving -----------------------------------------------------------------
     output_dir: str = ""
-    output_name: str = "last"
+    output_name: Optional[str] = None  # kohya: None -> epoch-000001 / last
     save_model_as: str = "safetensors"
     save_precision: Optional[str] = None  # None = float (fp32); fp16; bf16
     save_every_n_epochs: Optional[int] = None
@@ -128,7 +133,7 @@ class TrainConfig:
     @property
     def conv_dim(self) -> Optional[int]:
         value = self.network_kwargs.get("conv_dim")
-        return int(value) if value not in (None, "", "None") else None
+        return _number("conv_dim", value, int) if value not in (None, "", "None") else None
 
     @property
     def conv_alpha(self) -> Optional[float]:
@@ -136,7 +141,7 @@ class TrainConfig:
         if value in (None, "", "None"):
             # kohya: conv_alpha defaults to 1.0 when conv_dim is given
             return 1.0 if self.conv_dim else None
-        return float(value)
+        return _number("conv_alpha", value, float)
 
     @property
     def effective_network_dim(self) -> int:
@@ -167,18 +172,22 @@ ALIASES = {
     "logging_dir": None,
     "log_prefix": None,
     "save_state": None,
-    "no_half_vae": None,
     "lowram": None,
 }
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 SAVE_PRECISIONS = (None, "float", "fp16", "bf16")
 
 
+def _number(name: str, value: Any, kind: type):
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+
+
 def parse_resolution(text: Union[str, int, tuple, list]) -> tuple[int, int]:
-    if isinstance(text, (tuple, list)):
-        values = [int(v) for v in text]
-    else:
-        values = [int(v) for v in str(text).replace("x", ",").split(",") if v.strip()]
+    parts = text if isinstance(text, (tuple, list)) else [v for v in str(text).replace("x", ",").split(",") if v.strip()]
+    values = [_number("resolution", v, int) for v in parts]
     if len(values) == 1:
         return values[0], values[0]
     if len(values) == 2:
@@ -262,8 +271,13 @@ def from_dict(data: dict[str, Any], base: Optional[TrainConfig] = None) -> tuple
             continue
         values[key] = _coerce(key, value, hints[key])
     values["network_args"] = network_args
+    notes = []
+    if values.get("cache_latents_to_disk") and not values.get("cache_latents"):
+        # kohya turns cache_latents on when only cache_latents_to_disk is given
+        values["cache_latents"] = True
+        notes.append("cache_latents_to_disk turns cache_latents on (as kohya does)")
     config = TrainConfig(**values)
-    return config, validate(config)
+    return config, notes + validate(config)
 
 
 def validate(config: TrainConfig, check_paths: bool = True) -> list[str]:
@@ -333,6 +347,20 @@ def validate(config: TrainConfig, check_paths: bool = True) -> list[str]:
             errors.append(f"{name} must be between 0 and 1")
     if config.cache_latents and (config.color_aug or config.random_crop):
         errors.append("cache_latents cannot be used with color_aug or random_crop (kohya refuses the same)")
+    if config.adaptive_noise_scale is not None and config.noise_offset is None:
+        errors.append("adaptive_noise_scale needs noise_offset (kohya refuses the same)")
+    if config.full_fp16 and config.mixed_precision != "fp16":
+        errors.append("full_fp16 needs mixed_precision = \"fp16\" (kohya refuses the same)")
+    if config.full_bf16 and config.mixed_precision != "bf16":
+        errors.append("full_bf16 needs mixed_precision = \"bf16\" (kohya refuses the same)")
+    if config.full_fp16 and config.full_bf16:
+        errors.append("full_fp16 and full_bf16 cannot both be set")
+    for name in ("min_timestep", "max_timestep"):
+        value = getattr(config, name)
+        if value is not None and not 0 <= value <= 1000:
+            errors.append(f"{name} must be between 0 and 1000, got {value}")
+    if (config.min_timestep or 0) >= (config.max_timestep if config.max_timestep is not None else 1000):
+        errors.append("min_timestep must be smaller than max_timestep")
     if config.cache_text_encoder_outputs:
         if not config.network_train_unet_only:
             errors.append("cache_text_encoder_outputs needs network_train_unet_only: a trained text encoder's "
@@ -344,7 +372,10 @@ def validate(config: TrainConfig, check_paths: bool = True) -> list[str]:
                           "change between epochs (kohya refuses the same)")
     if config.save_every_n_epochs is not None and config.save_every_n_epochs < 1:
         errors.append("save_every_n_epochs must be at least 1")
-    if not config.output_name or any(c in config.output_name for c in '/\\:*?"<>|'):
+    if config.conv_dim is not None and config.conv_dim < 0:
+        errors.append("conv_dim must be 0 or more")
+    if config.output_name is not None and (not config.output_name
+                                          or any(c in config.output_name for c in '/\\:*?"<>|')):
         errors.append(f"output_name {config.output_name!r}: use a plain file name without path characters")
     if config.optimizer_type.lower().startswith(("dadapt", "prodigy")) and config.learning_rate < 0.1:
         warnings.append(

@@ -52,6 +52,21 @@ class ProgressBar:
             self.bar.close()
 
 
+def file_hashes(path) -> tuple[str, str]:
+    """(legacy, sha256) of a checkpoint file as kohya records them: the WebUI's old 8-hex
+    hash of 64 KiB at 1 MiB, and the full-file sha256."""
+    import hashlib
+
+    full = hashlib.sha256()
+    with open(path, "rb") as handle:
+        handle.seek(0x100000)
+        legacy = hashlib.sha256(handle.read(0x10000)).hexdigest()[:8]
+        handle.seek(0)
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            full.update(block)
+    return legacy, full.hexdigest()
+
+
 def run_training(config: TrainConfig, log=print) -> RunOutcome:
     from .dataset import DatasetError
     from .models.standalone import load_checkpoint
@@ -69,9 +84,20 @@ def run_training(config: TrainConfig, log=print) -> RunOutcome:
             config.pretrained_model_name_or_path, device=device, dtype=dtype,
             prediction_type="v_prediction" if config.v_parameterization else None,
         )
+        if config.no_half_vae and model.vae is not None:
+            model.vae.float()  # the VAE functions follow the VAE's own dtype
+        model.model_hash, model.model_sha256 = file_hashes(config.pretrained_model_name_or_path)
         log(f"model: {model.name} ({model.arch}, {model.prediction_type}) on {device}")
         result = train(config, model, on_progress=ProgressBar(), log=log)
     except (ConfigError, DatasetError, TrainingError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return RunOutcome(ok=False, message=str(exc))
+    except torch.cuda.OutOfMemoryError:
+        message = ("out of GPU memory: lower train_batch_size or resolution, or set gradient_checkpointing = true "
+                   "and cache_latents = true; epochs saved so far are kept")
+        print(f"error: {message}", file=sys.stderr)
+        return RunOutcome(ok=False, message=message)
+    except OSError as exc:  # a folder that cannot be written, a full disk
         print(f"error: {exc}", file=sys.stderr)
         return RunOutcome(ok=False, message=str(exc))
     except KeyboardInterrupt:

@@ -64,7 +64,8 @@ class DiffusionModel:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32  # storage dtype of the lent weights
     name: str = ""  # file name of the checkpoint, for ss_sd_model_name
-    model_hash: str = ""  # for ss_sd_model_hash / ss_new_sd_model_hash when known
+    model_hash: str = ""  # the WebUI's legacy 8-hex hash, for ss_sd_model_hash
+    model_sha256: str = ""  # full sha256 of the file, for ss_new_sd_model_hash
     vae: Optional[nn.Module] = None  # the module behind vae_encode/decode, for moving it
 
     def __post_init__(self):

@@ -23,7 +23,7 @@ from ..config import TrainConfig
 from ..models.base import DiffusionModel
 from . import conditioning, loss_weighting, noise as noise_lib
 from .host_state import preserved_host_state
-from .optimizers import build_optimizer, optimizer_lr_and_d
+from .optimizers import build_optimizer, is_schedulefree, optimizer_lr_and_d
 from .progress import Progress, ProgressCallback, StopFlag, Timer
 from .schedulers import build_scheduler
 
@@ -130,8 +130,13 @@ def train(
         # 4. Latents: cached once up front when asked (and always encoded without grad).
         if config.cache_latents:
             log("caching latents ...")
-            plan.cache_latents(model.vae_encode, to_disk=config.cache_latents_to_disk, device=device,
-                               sdxl=model.is_sdxl, scale=model.vae_scale_factor)
+            try:
+                plan.cache_latents(model.vae_encode, to_disk=config.cache_latents_to_disk, device=device,
+                                   sdxl=model.is_sdxl, scale=model.vae_scale_factor)
+            except RuntimeError as exc:
+                if "NaN" not in str(exc):
+                    raise
+                raise TrainingError(f"{exc}; set no_half_vae = true") from None
 
         # validate() has made sure captions never change when this is on (kohya refuses the same)
         text_cache = {} if config.cache_text_encoder_outputs else None
@@ -143,29 +148,40 @@ def train(
         if not params:
             raise TrainingError("nothing to train: every learning rate is 0, or no LoRA modules were created "
                                 "(check learning_rate / unet_lr / text_encoder_lr and network_train_* options)")
-        optimizer, optimizer_name = build_optimizer(
-            config.optimizer_type, params, config.learning_rate, config.optimizer_args,
-            max_grad_norm=config.max_grad_norm, lr_scheduler=config.lr_scheduler,
-        )
         total_steps = counts.max_train_steps
-        scheduler = build_scheduler(
-            config.lr_scheduler,
-            optimizer,
-            num_training_steps=total_steps,
-            num_warmup_steps=config.lr_warmup_steps,
-            num_cycles=config.lr_scheduler_num_cycles,
-            power=config.lr_scheduler_power,
-            scheduler_args=config.lr_scheduler_args,
-        )
-        scaler = None
-        if config.mixed_precision == "fp16" and device.type == "cuda" and not config.full_fp16:
-            scaler = torch.amp.GradScaler("cuda")
+        try:
+            optimizer, optimizer_name = build_optimizer(
+                config.optimizer_type, params, config.learning_rate, config.optimizer_args,
+                max_grad_norm=config.max_grad_norm, lr_scheduler=config.lr_scheduler,
+            )
+            scheduler = build_scheduler(
+                config.lr_scheduler,
+                optimizer,
+                num_training_steps=total_steps,
+                num_warmup_steps=config.lr_warmup_steps,
+                num_cycles=config.lr_scheduler_num_cycles,
+                power=config.lr_scheduler_power,
+                scheduler_args=config.lr_scheduler_args,
+            )
+        except (ImportError, AttributeError, TypeError, ValueError) as exc:
+            raise TrainingError(f"optimizer_type {config.optimizer_type!r} / lr_scheduler {config.lr_scheduler!r}: "
+                                f"{exc}") from None
+        schedule_free = is_schedulefree(optimizer)
+        if schedule_free:
+            optimizer.train()
+        scaler = _grad_scaler(config, device)
         trainable = [p for group in params for p in group["params"]]
 
         saver = EpochSaver(config, model, network, plan, seed=seed, optimizer_name=optimizer_name,
-                                  total_steps=total_steps, log=log)
+                           total_steps=total_steps, log=log,
+                           around_save=_schedule_free_eval(optimizer) if schedule_free else None)
         alphas_cumprod = model.alphas_cumprod.to(device=device, dtype=torch.float32)
         v_pred = model.prediction_type == "v_prediction" or config.v_parameterization
+        try:
+            loss_weighting.check_loss_options(v_pred, config.scale_v_pred_loss_like_noise_pred,
+                                              config.v_pred_like_loss)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
 
         emit(Progress("start", total_steps=total_steps, total_epochs=counts.num_epochs,
                       message=f"{counts.num_batches_per_epoch} batches per epoch"))
@@ -186,6 +202,12 @@ def train(
                 with amp:
                     loss = _step_loss(config, model, batch, alphas_cumprod, v_pred, train_te, generator,
                                       text_cache, device)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise TrainingError(
+                        f"loss became {value} at step {global_step + 1} (epoch {epoch}); lower the learning rate, "
+                        "or use bf16 instead of fp16 mixed precision (SDXL: also no_half_vae)"
+                    )
                 loss_for_backward = loss / accum
                 if scaler is not None:
                     scaler.scale(loss_for_backward).backward()
@@ -198,23 +220,21 @@ def train(
                     scaler.unscale_(optimizer)
                 if config.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+                stepped = True
                 if scaler is not None:
+                    scale = scaler.get_scale()
                     scaler.step(optimizer)
                     scaler.update()
+                    # an overflow skips the update; accelerate then skips the scheduler too (kohya's behaviour)
+                    stepped = scaler.get_scale() >= scale
                 else:
                     optimizer.step()
-                scheduler.step()
+                if stepped:
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 if config.scale_weight_norms:
                     network.apply_max_norm_regularization(config.scale_weight_norms, device)
                 global_step += 1
-
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise TrainingError(
-                        f"loss became {value} at step {global_step}; lower the learning rate, or use bf16 "
-                        "instead of fp16 mixed precision"
-                    )
                 result.losses.append(value)
                 epoch_losses.append(value)
                 emit(Progress(
@@ -249,7 +269,8 @@ def train(
             final = saver.save(result.epochs, global_step, final=True)
             result.files.append(final)
             emit(Progress("saved", step=global_step, epoch=result.epochs, path=str(final)))
-        result.network_state = {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()}
+        with (_schedule_free_eval(optimizer)() if schedule_free else nullcontext()):
+            result.network_state = {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()}
         result.peak_memory = _peak_memory(device)
         del optimizer, scheduler, trainable, params
 
@@ -331,6 +352,37 @@ def _encode_captions(config, model, captions, device):
     return conditioning.encode_sd(model.text_encoders[0], ids[0], config.clip_skip, v2=model.arch == "sd2"), None
 
 
+def _grad_scaler(config, device):
+    """Loss scaling for fp16 on CUDA, as accelerate gives kohya; with full_fp16 the LoRA's own
+    gradients are fp16, which GradScaler refuses to unscale unless told (kohya patches the same)."""
+    if config.mixed_precision != "fp16" or device.type != "cuda":
+        return None
+    scaler = torch.amp.GradScaler("cuda")
+    if config.full_fp16:
+        original = scaler._unscale_grads_
+
+        def unscale_allowing_fp16(optimizer, inv_scale, found_inf, allow_fp16):
+            return original(optimizer, inv_scale, found_inf, True)
+
+        scaler._unscale_grads_ = unscale_allowing_fp16
+    return scaler
+
+
+def _schedule_free_eval(optimizer):
+    """Schedule-free optimizers hold training-mode weights; files must get the eval-mode ones."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def around():
+        optimizer.eval()
+        try:
+            yield
+        finally:
+            optimizer.train()
+
+    return around
+
+
 def _all_modules(model: DiffusionModel):
     yield model.unet
     for te in model.text_encoders:
@@ -344,7 +396,10 @@ def _enable_gradient_checkpointing(model: DiffusionModel, train_te: bool) -> Non
         model.unet.set_gradient_checkpointing(True)
     if train_te:
         for te in model.text_encoders:
-            if hasattr(te.model, "gradient_checkpointing_enable"):
+            # transformers 5 renamed it; 4.30 (the WebUI's pin) only has the old name
+            if hasattr(te.model, "activation_checkpointing_enable"):
+                te.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            elif hasattr(te.model, "gradient_checkpointing_enable"):
                 te.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -36,7 +37,7 @@ def user_metadata(arch: str, trigger_word: str) -> dict:
 
 class EpochSaver:
     def __init__(self, config, model, network, plan, *, seed: int, optimizer_name: str, total_steps: int,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, around_save=None):
         self.config = config
         self.model = model
         self.network = network
@@ -45,10 +46,12 @@ class EpochSaver:
         self.output_dir = Path(config.output_dir or ".")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.dtype = SAVE_DTYPES[config.save_precision]
+        self.around_save = around_save  # a context-manager factory (schedule-free optimizers' eval mode)
         self.base_metadata = self._build_metadata(seed, optimizer_name, total_steps)
 
     def _build_metadata(self, seed: int, optimizer_name: str, total_steps: int) -> dict[str, str]:
         c, m, counts = self.config, self.model, self.plan.counts
+        buckets = self.plan.dataset.settings
         started = time.time()
         ss = ss_metadata(
             m.arch, m.prediction_type,
@@ -65,10 +68,10 @@ class EpochSaver:
             gradient_checkpointing=c.gradient_checkpointing,
             gradient_accumulation_steps=c.gradient_accumulation_steps,
             max_train_steps=total_steps,
-            lr_warmup_steps=c.lr_warmup_steps,
+            lr_warmup_steps=int(c.lr_warmup_steps) if float(c.lr_warmup_steps).is_integer() else c.lr_warmup_steps,
             lr_scheduler=c.lr_scheduler,
-            network_dim=c.effective_network_dim,
-            network_alpha=c.effective_network_alpha,
+            network_dim=c.network_dim,  # kohya writes the option as given ("None" when unset)
+            network_alpha=c.network_alpha,
             network_dropout=c.network_dropout,
             network_args=c.network_kwargs or None,
             mixed_precision=c.mixed_precision,
@@ -100,9 +103,10 @@ class EpochSaver:
             random_crop=c.random_crop,
             shuffle_caption=c.shuffle_caption,
             enable_bucket=c.enable_bucket,
-            bucket_no_upscale=c.bucket_no_upscale,
-            min_bucket_reso=c.min_bucket_reso,
-            max_bucket_reso=c.max_bucket_reso,
+            # the settings the buckets were made with (kohya writes the adjusted ones; none without buckets)
+            bucket_no_upscale=buckets.bucket_no_upscale if c.enable_bucket else False,
+            min_bucket_reso=buckets.min_bucket_reso if c.enable_bucket else None,
+            max_bucket_reso=buckets.max_bucket_reso if c.enable_bucket else None,
             keep_tokens=c.keep_tokens,
             dataset_dirs=self.plan.scan.dataset_dirs,
             reg_dataset_dirs=self.plan.scan.reg_dataset_dirs or None,
@@ -110,10 +114,11 @@ class EpochSaver:
             bucket_info=self.plan.dataset.bucket_info,
             sd_model_name=m.name or None,
             sd_model_hash=m.model_hash or None,
+            new_sd_model_hash=m.model_sha256 or None,
         )
         spec = modelspec_metadata(
             m.arch, m.prediction_type, title=c.output_name, resolution=c.resolution_wh, timestamp=started,
-            clip_skip=c.clip_skip,
+            clip_skip=c.clip_skip, min_timestep=c.min_timestep, max_timestep=c.max_timestep,
         )
         return {**ss, **spec}
 
@@ -128,7 +133,8 @@ class EpochSaver:
     def save(self, epoch: int, steps: int, final: bool, tag: str = "") -> Path:
         path = self.path_for(epoch, final, tag)
         metadata = checkpoint_metadata(self.base_metadata, steps=steps, epoch=epoch)
-        network_io.save_network(path, self.network.state_dict(), metadata, dtype=self.dtype)
+        with (self.around_save() if self.around_save else nullcontext()):
+            network_io.save_network(path, self.network.state_dict(), metadata, dtype=self.dtype)
         json_path = path.with_suffix(".json")
         network_io.write_atomic(
             json_path, json.dumps(user_metadata(self.model.arch, self.config.trigger_word), indent=4).encode("utf-8")
