@@ -141,6 +141,44 @@ def test_saved_file_merged_independently_reproduces_trained_model(tmp_path, tiny
         torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["sd1", "sdxl"])
+def test_diffusers_loads_a_trained_file_cleanly_and_matches(tmp_path, tiny_checkpoints, small_dataset, arch):
+    """diffusers' own kohya loader takes a file the trainer wrote: no warning, same UNet output."""
+    import logging
+    import warnings
+
+    from test_networks_diffusers import Collect, build_pipeline
+
+    config, _, _ = run(tiny_checkpoints, arch, small_dataset, tmp_path / "out", conv_dim=4, conv_alpha=2)
+    path = tmp_path / "out" / "t.safetensors"
+    model = load_checkpoint(config.pretrained_model_name_or_path)
+    pipe = build_pipeline(arch, model)
+    collect = Collect()
+    for name in ("diffusers", "peft"):
+        logging.getLogger(name).addHandler(collect)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pipe.load_lora_weights(str(path))
+    finally:
+        for name in ("diffusers", "peft"):
+            logging.getLogger(name).removeHandler(collect)
+    assert collect.records == [] and [str(w.message) for w in caught] == []
+
+    cfg = model.unet.config
+    gen = torch.Generator().manual_seed(0)
+    x, t = torch.randn(1, 4, 8, 8, generator=gen), torch.tensor([500])
+    ctx = torch.randn(1, 7, cfg.context_dim, generator=gen)
+    y = torch.randn(1, cfg.adm_in_channels, generator=gen) if cfg.adm_in_channels else None
+    extra = {"class_labels": y} if y is not None else {}  # the tiny SDXL converts with a projection class embedding
+    network = LoRANetwork.from_file(model, str(path))
+    with torch.no_grad():
+        theirs = pipe.unet(x, t, encoder_hidden_states=ctx, **extra).sample
+        with network:
+            ours = model.unet(x, t, ctx, y)
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-5)
+
+
 def test_host_model_is_handed_back_identical_even_after_an_exception(tmp_path, tiny_checkpoints, small_dataset):
     config, _ = from_dict({
         "pretrained_model_name_or_path": tiny_checkpoints("sd1"), "train_data_dir": str(small_dataset),
