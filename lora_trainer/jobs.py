@@ -109,8 +109,6 @@ class JobManager:
         self._queue: deque[str] = deque()
         self._running: Optional[str] = None
         self._flag: Optional[StopFlag] = None
-        self._step_in_epoch = (0, 0)  # (epoch, steps seen in it): to recover per-step losses
-        self._last_mean = 0.0
         self._worker: Optional[threading.Thread] = None
         self._closed = False
         self._restore()
@@ -222,7 +220,6 @@ class JobManager:
                 job = self._jobs[job_id]
                 flag = StopFlag()
                 self._running, self._flag = job_id, flag
-                self._step_in_epoch = (0, 0)
                 job.update(state="running", started_at=_now(), message="")
                 self._persist()
                 self._cond.notify_all()
@@ -308,8 +305,8 @@ class JobManager:
                 job.update(step=event.step, total_steps=event.total_steps, epoch=event.epoch,
                            total_epochs=event.total_epochs, loss=event.loss, lr=dict(event.lr), eta=event.eta,
                            peak_memory=event.peak_memory)
-                if event.loss is not None:
-                    job["losses"].append(self._step_loss(event.epoch, event.loss))
+                if event.step_loss is not None:
+                    job["losses"].append(event.step_loss)
             elif event.kind == "epoch":
                 job.update(epoch=event.epoch, loss=event.loss if event.loss is not None else job["loss"])
                 self._persist()  # once per epoch: a restart then shows how far the job got
@@ -323,16 +320,6 @@ class JobManager:
                 job["log"].append(event.message)
                 del job["log"][:-LOG_LINES]
             self._cond.notify_all()
-
-    def _step_loss(self, epoch: int, mean: float) -> float:
-        """The step's own loss from the epoch's running mean the loop reports (exact
-        up to rounding); the loop's per-step list replaces these when the job ends."""
-        last_epoch, seen = self._step_in_epoch
-        previous_mean = self._last_mean if last_epoch == epoch and seen else 0.0
-        seen = seen + 1 if last_epoch == epoch else 1
-        self._step_in_epoch = (epoch, seen)
-        self._last_mean = mean
-        return seen * mean - (seen - 1) * previous_mean
 
     def _finish(self, job_id: str, state: str, message: str, **fields) -> None:
         with self._cond:

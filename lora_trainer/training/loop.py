@@ -239,7 +239,7 @@ def train(
                 epoch_losses.append(value)
                 emit(Progress(
                     "step", step=global_step, total_steps=total_steps, epoch=epoch,
-                    total_epochs=counts.num_epochs, loss=sum(epoch_losses) / len(epoch_losses),
+                    total_epochs=counts.num_epochs, loss=sum(epoch_losses) / len(epoch_losses), step_loss=value,
                     lr=optimizer_lr_and_d(optimizer, scheduler, group_names), elapsed=timer.elapsed,
                     eta=timer.eta(global_step, total_steps), peak_memory=_peak_memory(device),
                 ))

@@ -20,6 +20,7 @@ class Progress:
     epoch: int = 0
     total_epochs: int = 0
     loss: Optional[float] = None  # running mean over the epoch, as kohya's bar shows
+    step_loss: Optional[float] = None  # this optimizer step's own loss (for loss charts)
     lr: dict[str, float] = field(default_factory=dict)  # "unet", "te", and "d*lr" for adaptive optimizers
     elapsed: float = 0.0
     eta: Optional[float] = None
