@@ -23,7 +23,10 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python 3.10, as the WebUIs run: install.py adds tomli
+    import tomli as tomllib
 from pathlib import Path
 from typing import Any, Optional
 
