@@ -338,6 +338,10 @@ def validate(config: TrainConfig, check_paths: bool = True) -> list[str]:
         errors.append("gradient_accumulation_steps must be at least 1")
     if config.min_bucket_reso > config.max_bucket_reso:
         errors.append("min_bucket_reso is larger than max_bucket_reso")
+    if config.enable_bucket and config.min_bucket_reso < config.bucket_reso_steps:
+        # kohya rounds the minimum down to a multiple of the step: 0, and a division by zero follows
+        errors.append(f"min_bucket_reso {config.min_bucket_reso} is smaller than bucket_reso_steps "
+                      f"{config.bucket_reso_steps}; use at least {config.bucket_reso_steps}")
     if config.bucket_reso_steps <= 0 or config.bucket_reso_steps % 8:
         errors.append("bucket_reso_steps must be a positive multiple of 8 (64 is kohya's usual)")
     elif config.enable_bucket and config.bucket_reso_steps % 64:

@@ -72,7 +72,8 @@ def test_kohya_sectioned_toml_is_flattened_and_round_trips(tmp_path, data_dir):
     ("output_name", "a/b", "output_name"),
     ("network_args", "['conv_dim']", "key=value"),
     ("cache_text_encoder_outputs", "true", "network_train_unet_only"),
+    ("min_bucket_reso", "32", "smaller than bucket_reso_steps"),
 ])
 def test_bad_values_are_rejected_with_the_option_named(data_dir, key, value, needle):
     with pytest.raises(ConfigError, match=needle):
-        from_dict({"train_data_dir": data_dir, key: value})
+        from_dict({"train_data_dir": data_dir, "enable_bucket": True, key: value})
