@@ -115,6 +115,7 @@ class TrainConfig:
     # --- ours ---------------------------------------------------------------------
     device: str = "auto"  # auto / cpu / cuda / cuda:N
     trigger_word: str = ""  # goes into the user-metadata JSON as activation text
+    preferred_weight: float = 0.8  # the user-metadata JSON's preferred weight (the guides test at 0.8)
 
     # derived views ---------------------------------------------------------------
     @property

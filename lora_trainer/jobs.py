@@ -242,7 +242,8 @@ class JobManager:
                 lines = self._jobs[job_id]["log"]
                 lines.extend(str(line).splitlines() or [""])
                 del lines[:-LOG_LINES]
-            self.log(f"[{name}] {line}")
+            for part in str(line).splitlines() or [""]:
+                self.log(f"[{name}] {part}")
 
         def on_progress(event: Progress) -> None:
             try:

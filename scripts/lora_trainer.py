@@ -95,6 +95,9 @@ def config_defaults():
     output_dir = _opt("lora_trainer_output_dir", "")
     if output_dir:
         out["output_dir"] = output_dir
+    weight = _opt("lora_trainer_preferred_weight", None)
+    if weight is not None:
+        out["preferred_weight"] = float(weight)
     return out
 
 

@@ -8,6 +8,7 @@ the run ends.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import random
 import time
@@ -122,7 +123,7 @@ def train(
         log(f"LoRA: {len(network.unet_loras)} UNet modules, {len(network.text_encoder_loras)} text-encoder modules")
 
         if config.gradient_checkpointing:
-            _enable_gradient_checkpointing(model, train_te)
+            _enable_gradient_checkpointing(model, train_te, log)
         model.unet.train(train_unet)
         for te in model.text_encoders:
             te.model.train(train_te)
@@ -391,16 +392,25 @@ def _all_modules(model: DiffusionModel):
         yield model.vae
 
 
-def _enable_gradient_checkpointing(model: DiffusionModel, train_te: bool) -> None:
+def _enable_gradient_checkpointing(model: DiffusionModel, train_te: bool, log) -> None:
     if hasattr(model.unet, "set_gradient_checkpointing"):
         model.unet.set_gradient_checkpointing(True)
-    if train_te:
-        for te in model.text_encoders:
-            # transformers 5 renamed it; 4.30 (the WebUI's pin) only has the old name
-            if hasattr(te.model, "activation_checkpointing_enable"):
-                te.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            elif hasattr(te.model, "gradient_checkpointing_enable"):
-                te.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if not train_te:
+        return
+    for te in model.text_encoders:
+        # transformers 5 renamed it; >= 4.35 takes the non-reentrant switch. Older ones (the WebUI pins
+        # 4.30) only checkpoint reentrantly, which loses the LoRA's gradients when the encoder's inputs
+        # need none, so their text encoders run without checkpointing (they hold little activation memory).
+        enable = getattr(te.model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            continue
+        enable = getattr(te.model, "gradient_checkpointing_enable", None)
+        if enable is not None and "gradient_checkpointing_kwargs" in inspect.signature(enable).parameters:
+            enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            log(f"note: text encoder {te.name} runs without gradient checkpointing "
+                "(this transformers version only offers the reentrant kind)")
 
 
 def _param_dtype(module: torch.nn.Module) -> torch.dtype:

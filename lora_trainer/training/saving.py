@@ -20,16 +20,13 @@ from ..networks import io as network_io
 from ..networks.metadata import checkpoint_metadata, modelspec_metadata, ss_metadata
 
 SAVE_DTYPES = {None: None, "float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-PREFERRED_WEIGHT = 0.8  # the guides test and ship LoRAs at 0.8
-
-
-def user_metadata(arch: str, trigger_word: str) -> dict:
+def user_metadata(arch: str, trigger_word: str, preferred_weight: float = 0.8) -> dict:
     """The WebUI's extra-networks user metadata for a LoRA (``NAME.json``)."""
     return {
         "description": "",
         "sd version": "SDXL" if arch == "sdxl" else ("SD2" if arch == "sd2" else "SD1"),
         "activation text": trigger_word,
-        "preferred weight": PREFERRED_WEIGHT,
+        "preferred weight": preferred_weight,
         "negative text": "",
         "notes": "trained with lora_trainer",
     }
@@ -136,9 +133,8 @@ class EpochSaver:
         with (self.around_save() if self.around_save else nullcontext()):
             network_io.save_network(path, self.network.state_dict(), metadata, dtype=self.dtype)
         json_path = path.with_suffix(".json")
-        network_io.write_atomic(
-            json_path, json.dumps(user_metadata(self.model.arch, self.config.trigger_word), indent=4).encode("utf-8")
-        )
+        user = user_metadata(self.model.arch, self.config.trigger_word, self.config.preferred_weight)
+        network_io.write_atomic(json_path, json.dumps(user, indent=4).encode("utf-8"))
         return path
 
     def maybe_save_epoch(self, epoch: int, steps: int, is_last: bool) -> Optional[Path]:

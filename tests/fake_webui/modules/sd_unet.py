@@ -1,0 +1,2 @@
+"""The fake WebUI's "SD Unet" option: a replacement UNet object when one is active."""
+current_unet = None
