@@ -247,13 +247,22 @@ def _flatten(data: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def from_dict(data: dict[str, Any], base: Optional[TrainConfig] = None) -> tuple[TrainConfig, list[str]]:
-    """Build and validate a config. Returns (config, warnings); raises ConfigError."""
+def coerce_options(data: dict[str, Any], base: Optional[dict[str, Any]] = None,
+                   strict: bool = True) -> tuple[dict[str, Any], list[str]]:
+    """Option names and values normalised to TrainConfig's fields and types.
+
+    kohya's spellings are accepted (``--caption-extention``, sectioned TOML tables,
+    ``conv_dim`` / ``conv_alpha`` as shorthands for ``network_args``). With ``strict``,
+    an unknown option or a value of the wrong type raises ConfigError; without it
+    (the tab saving a half-filled form) they are reported in the notes and left out.
+    Returns (a full TrainConfig dict, notes).
+    """
     hints = get_type_hints(TrainConfig)
-    values = dataclasses.asdict(base) if base is not None else {}
-    network_args = list(values.get("network_args", []))
+    values = dict(base) if base is not None else TrainConfig().to_dict()
+    network_args = list(values.get("network_args") or [])
+    notes: list[str] = []
     for key, value in _flatten(dict(data)).items():
-        key = key.strip().lstrip("-").replace("-", "_")
+        key = str(key).strip().lstrip("-").replace("-", "_")
         if key in ("conv_dim", "conv_alpha"):
             network_args = [a for a in network_args if not a.startswith(key + "=")]
             if value not in (None, "", "None"):
@@ -261,18 +270,34 @@ def from_dict(data: dict[str, Any], base: Optional[TrainConfig] = None) -> tuple
             continue
         if key in ALIASES:
             if ALIASES[key] is None:
+                notes.append(f"{key}: accepted and ignored (see README: options that differ from kohya)")
                 continue
             key = ALIASES[key]
         if key not in hints:
             close = difflib.get_close_matches(key, FIELD_NAMES, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown option {key!r}{hint}")
-        if key == "network_args":
-            network_args = _coerce(key, value, hints[key])
+            if strict:
+                raise ConfigError(f"unknown option {key!r}{hint}")
+            notes.append(f"unknown option {key!r} left out{hint}")
             continue
-        values[key] = _coerce(key, value, hints[key])
+        try:
+            coerced = _coerce(key, value, hints[key])
+        except (ConfigError, ValueError, SyntaxError) as exc:
+            if strict:
+                raise ConfigError(str(exc) if isinstance(exc, ConfigError) else f"{key}: {exc}") from None
+            notes.append(f"{key}: {exc}; kept {values.get(key)!r}")
+            continue
+        if key == "network_args":
+            network_args = coerced
+        else:
+            values[key] = coerced
     values["network_args"] = network_args
-    notes = []
+    return values, notes
+
+
+def from_dict(data: dict[str, Any], base: Optional[TrainConfig] = None) -> tuple[TrainConfig, list[str]]:
+    """Build and validate a config. Returns (config, warnings); raises ConfigError."""
+    values, notes = coerce_options(data, dataclasses.asdict(base) if base is not None else None)
     if values.get("cache_latents_to_disk") and not values.get("cache_latents"):
         # kohya turns cache_latents on when only cache_latents_to_disk is given
         values["cache_latents"] = True

@@ -23,14 +23,10 @@ from __future__ import annotations
 import json
 import os
 import shlex
-try:
-    import tomllib
-except ImportError:  # Python 3.10, as the WebUIs run: install.py adds tomli
-    import tomli as tomllib
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import ALIASES, FIELD_NAMES, ConfigError
+from .config import ALIASES, FIELD_NAMES, ConfigError, load_toml
 
 # kohya options we take (our TrainConfig fields) and kohya flags we accept and ignore
 _OURS = set(FIELD_NAMES)
@@ -89,17 +85,6 @@ def _load_json(path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r}: expected a JSON object of settings")
     return data
-
-
-def _load_toml(path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
 
 
 def _take_network_args(items: list[str], out: dict[str, Any], notes: list[str], source: str) -> None:
@@ -438,7 +423,7 @@ _SUBSET_KNOWN = set(_SUBSET_KEYS) | {
 
 def import_easy_training_toml(path) -> tuple[dict[str, Any], list[str]]:
     """Options and notes from a LoRA_Easy_Training_Scripts config (``.toml``)."""
-    return easy_training_options(_load_toml(path))
+    return easy_training_options(load_toml(path))
 
 
 def _table_to_args(value: Any) -> list[str]:

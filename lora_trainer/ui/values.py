@@ -18,12 +18,11 @@ goes back. Nothing here imports Gradio, so it is tested without it.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
-from ..config import ALIASES, FIELD_NAMES, ConfigError, TrainConfig, _coerce, _flatten
+from ..config import ConfigError, TrainConfig, coerce_options
 
 PREFIX = "lora_trainer_"
 EXTRA_CONTROLS = ("conv_dim", "conv_alpha")  # not fields: they go into network_args
@@ -311,42 +310,12 @@ def default_form(**overrides: Any) -> dict[str, Any]:
 
 
 def options_unchecked(data: dict[str, Any], base: Optional[dict[str, Any]] = None) -> tuple[dict[str, Any], list[str]]:
-    """Options coerced to the fields' types like :func:`~lora_trainer.config.from_dict`, but
-    without :func:`~lora_trainer.config.validate`: a half-filled form can be saved, a TOML
-    with a dataset that is not on this machine can be loaded. Unknown options and values
-    of the wrong type are reported in the notes and left out, never raised.
+    """Options coerced like :func:`~lora_trainer.config.from_dict`, but without
+    :func:`~lora_trainer.config.validate`: a half-filled form can be saved, a TOML with a
+    dataset that is not on this machine can be loaded. Unknown options and values of the
+    wrong type are reported in the notes and left out, never raised.
     Returns (a full TrainConfig dict, notes)."""
-    hints = get_type_hints(TrainConfig)
-    values = dict(base) if base is not None else TrainConfig().to_dict()
-    network_args = list(values.get("network_args") or [])
-    notes: list[str] = []
-    for key, value in _flatten(dict(data)).items():
-        key = str(key).strip().lstrip("-").replace("-", "_")
-        if key in EXTRA_CONTROLS:
-            network_args = [a for a in network_args if not a.startswith(key + "=")]
-            if value not in (None, "", "None"):
-                network_args.append(f"{key}={value}")
-            continue
-        if key in ALIASES:
-            if ALIASES[key] is None:
-                notes.append(f"{key}: accepted and ignored (see README: options that differ from kohya)")
-                continue
-            key = ALIASES[key]
-        if key not in hints:
-            close = difflib.get_close_matches(key, FIELD_NAMES, n=1, cutoff=0.6)
-            notes.append(f"unknown option {key!r} left out" + (f"; did you mean {close[0]!r}?" if close else ""))
-            continue
-        try:
-            coerced = _coerce(key, value, hints[key])
-        except (ConfigError, ValueError, SyntaxError) as exc:
-            notes.append(f"{key}: {exc}; kept {values.get(key)!r}")
-            continue
-        if key == "network_args":
-            network_args = coerced
-        else:
-            values[key] = coerced
-    values["network_args"] = network_args
-    return values, notes
+    return coerce_options(data, base, strict=False)
 
 
 def config_unchecked(form_or_options: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
