@@ -1,6 +1,6 @@
 """Headless command line: ``python -m lora_trainer VERB ...``.
 
-Verbs: train, demo, tiny-checkpoint, ui, bench. Each is a thin door onto the core; the
+Verbs: train, demo, tiny-checkpoint, ui, tag, check, bench. Each is a thin door onto the core; the
 WebUI tab drives the same functions.
 """
 from __future__ import annotations
@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=7861)
     ui.set_defaults(func=_cmd_ui)
 
+    verbs.add_parser("tag", help="WD14-tag a dataset's images (python -m lora_trainer tag --help)", add_help=False)
+    verbs.add_parser("check", help="dataset doctor: findings and fixes (python -m lora_trainer check --help)",
+                     add_help=False)
     bench = verbs.add_parser("bench", help="speed/memory benchmark (GPU); see bench/README.md", add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(func=_cmd_bench)
@@ -98,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # everything after the verb belongs to bench/bench_train.py
         return _cmd_bench(argparse.Namespace(bench_args=argv[1:]))
+    if argv[:1] in (["tag"], ["check"]):  # the dataset verbs parse their own options
+        from . import cli_dataset
+
+        return (cli_dataset.tag_main if argv[0] == "tag" else cli_dataset.check_main)(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

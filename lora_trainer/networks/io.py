@@ -8,10 +8,10 @@ list and fail to load.
 from __future__ import annotations
 
 import os
-import secrets
 from typing import Mapping, Optional, Union
 
 import torch
+from ..fileio import write_atomic  # re-exported: savers import it from here
 from safetensors import safe_open
 from safetensors.torch import save as serialize
 
@@ -34,40 +34,6 @@ def cast_tensors(tensors: Mapping[str, torch.Tensor], dtype: Optional[torch.dtyp
             value = value.to(dtype)
         out[key] = value.contiguous()
     return out
-
-
-def _fsync_dir(directory: str) -> None:
-    # makes the rename itself durable; not possible (nor needed) on Windows
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is never seen half-written."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    # hidden, and not ending in .safetensors, so no model list picks it up
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
 
 
 def save_network(
