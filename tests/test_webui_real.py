@@ -407,3 +407,129 @@ def test_the_webui_interrupt_button_stops_the_training(webui, dataset):
     # the WebUI is free again: a generation runs (the queue lock was released)
     image, _ = _txt2img(webui, "sks, circle")
     assert image.size == (64, 64)
+
+
+# --- epoch comparison through the WebUI's X/Y/Z plot (lora_trainer.hosts.a1111_compare) --------------------------
+
+COMPARE_EXTENSION = """# written by tests/test_webui_real.py: registers LoRA Trainer's comparison routes
+# (lora_trainer.hosts.a1111_compare.register_routes) until scripts/lora_trainer.py does it itself
+from modules import script_callbacks
+
+
+def _started(demo, app):
+    import sys
+
+    if {repo!r} not in sys.path:
+        sys.path.append({repo!r})
+    import lora_trainer
+    from lora_trainer.hosts.a1111 import A1111Host
+    from lora_trainer.hosts.a1111_compare import register_routes
+
+    state = vars(lora_trainer).setdefault("_webui_state", {{}})
+    register_routes(app, get_host=lambda: state.get("host") or A1111Host(), get_manager=lambda: state.get("manager"))
+
+
+script_callbacks.on_app_started(_started)
+"""
+
+
+@pytest.fixture(scope="module")
+def webui_compare(tmp_path_factory):
+    """A WebUI (tiny SD1) with a test extension that registers the comparison routes."""
+    webui_dir = Path(WEBUI_DIR).expanduser().resolve()
+    python = _webui_python(webui_dir)
+    if not python.exists():
+        pytest.fail(f"no WebUI Python at {python}: create its venv (docs/webui_test.md) or set WEBUI_PYTHON")
+    from lora_trainer.models.tiny import write_tiny_checkpoint
+
+    data_dir = tmp_path_factory.mktemp("webui_data_compare")
+    _link_extension(data_dir / "extensions")
+    helper = data_dir / "extensions" / "lt_test_compare" / "scripts"
+    helper.mkdir(parents=True)
+    (helper / "lt_test_compare.py").write_text(COMPARE_EXTENSION.format(repo=str(REPO)), encoding="utf-8")
+    ckpt = write_tiny_checkpoint("sd1", data_dir / "models" / "Stable-diffusion" / "lt-tiny-sd1.safetensors")["checkpoint"]
+    port = _free_port()
+    args = [str(python), "launch.py", "--data-dir", str(data_dir), "--ckpt", str(ckpt), "--api", "--port", str(port),
+            "--skip-prepare-environment", "--skip-version-check", "--skip-install", "--no-download-sd-model",
+            "--do-not-download-clip", *shlex.split(os.environ.get("WEBUI_ARGS", CPU_ARGS))]
+    env = {k: v for k, v in os.environ.items() if k not in ("COMMANDLINE_ARGS", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
+               GRADIO_SERVER_NAME="127.0.0.1", PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
+    env.setdefault("OMP_NUM_THREADS", "2")
+    log_path = data_dir / "webui.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(args, cwd=str(webui_dir), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=(os.name != "nt"))
+    ui = WebUI(process, port, log_path, data_dir)
+    ui.arch = "sd1"
+    try:
+        _wait_started(ui)
+        ui.ok("POST", "/sdapi/v1/options", {"live_previews_enable": False})
+        yield ui
+    finally:
+        ui.stop()
+        if os.environ.get("WEBUI_KEEP"):
+            print(f"\nWebUI data dir kept: {data_dir} (log: {log_path})")
+
+
+def test_compare_epochs_with_the_xyz_plot_then_publish(webui_compare, dataset):
+    webui = webui_compare
+    name = NAME + "_cmp"
+    job_id = webui.ok("POST", "/lora_trainer/v1/train", {**TRAIN_BODY, "train_data_dir": str(dataset),
+                                                          "output_name": name, "trigger_word": "sks"})["job_id"]
+    status = _wait_job(webui, job_id)
+    assert status.get("state") == "done", _describe(status, webui)
+    webui.ok("POST", "/sdapi/v1/refresh-loras")
+
+    # the same generation settings as _txt2img, so cells can be checked against plain generations
+    body = {"name": name, "steps": 2, "width": 64, "height": 64, "sampler_name": "Euler", "scheduler": "Automatic",
+            "cfg_scale": 5, "seed": 1234, "negative_prompt": "", "images": True}
+    result = webui.ok("POST", "/lora_trainer/v1/compare", body)
+    assert (result["columns"], result["rows"]) == (3, 1), result
+    assert [c["file"] for c in result["cells"]] == [None, f"{name}-000001", name]
+    assert result["x"]["label"] == "Prompt S/R" and result["prompt"].startswith("sks, ")
+    assert "Script: X/Y/Z plot" in result["infotext"] and "X Type: Prompt S/R" in result["infotext"], result["infotext"]
+    # the grid was saved where the WebUI saves txt2img grids
+    grid_path = Path(result["grid_path"])
+    grids_dir = (webui.data_dir / "outputs" / "txt2img-grids").resolve()
+    assert grid_path.is_file() and grids_dir in grid_path.resolve().parents, grid_path  # (a dated sub-folder)
+    assert [f.resolve() for f in grids_dir.rglob("*.png")] == [grid_path.resolve()]  # saved once
+    grid = _png(result["grid"])
+    assert grid.width >= 3 * 64 and grid.height >= 64
+    cells = [_png(c["image"]) for c in result["cells"]]
+    assert all(c.size == (64, 64) for c in cells)
+
+    # the no-LoRA cell is the checkpoint alone; each epoch cell is that epoch at 0.8, bit for bit
+    user_text = result["prompt"].rsplit(" ", 1)[0]
+    plain, _ = _txt2img(webui, user_text)
+    assert cells[0].tobytes() == plain.tobytes(), "the no-LoRA cell is not the checkpoint without a LoRA"
+    for cell, image in zip(result["cells"][1:], cells[1:]):
+        assert cell["prompt"] == f"{user_text} <lora:{cell['file']}:0.8>"
+        reference, info = _txt2img(webui, cell["prompt"])
+        assert f"{cell['file']}:" in info["infotexts"][0]
+        assert image.tobytes() == reference.tobytes(), f"the {cell['file']} cell differs from a plain generation"
+        assert image.tobytes() != cells[0].tobytes()
+    assert result["suggestion"] and result["suggestion"]["verdict"] and len(result["suggestion"]["curve"]) == 2
+
+    # a refused request: an unknown family
+    status, payload = webui.request("POST", "/lora_trainer/v1/compare", {"name": "no_such_lora"})
+    assert status == 422, payload
+
+    # publish epoch 1 under a release name; the WebUI loads it as the same LoRA
+    release = name + "_v1"
+    published = webui.ok("POST", "/lora_trainer/v1/publish", {"name": name, "epoch": 1, "release_name": release})
+    lora_dir = (webui.data_dir / "models" / "Lora").resolve()
+    assert Path(published["path"]).resolve() == lora_dir / f"{release}.safetensors"
+    preview = Path(published["preview"])
+    assert preview.name == f"{release}.preview.png"
+    from PIL import Image
+
+    with Image.open(preview) as p:
+        assert p.convert("RGB").tobytes() == cells[1].convert("RGB").tobytes()
+    webui.ok("POST", "/sdapi/v1/refresh-loras")
+    loras = {entry["name"]: entry for entry in webui.ok("GET", "/sdapi/v1/loras")}
+    assert loras[release]["metadata"]["ss_output_name"] == release
+    assert loras[release]["metadata"]["sshs_model_hash"] == loras[f"{name}-000001"]["metadata"]["sshs_model_hash"]
+    released, info = _txt2img(webui, f"{user_text} <lora:{release}:0.8>")
+    assert f"{release}:" in info["infotexts"][0]
+    assert released.tobytes() == cells[1].tobytes(), "the released file does not generate as its epoch did"
