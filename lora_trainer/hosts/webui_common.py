@@ -417,13 +417,7 @@ def open_clip_text_encoder(tower: nn.Module, arch: str, tokenizer) -> TextEncode
     """
     from ..models import clip
 
-    slot = clip._slots(arch)[-1]
-    if not slot.open_clip:
-        raise ValueError(f"{arch}'s last text encoder is not an OpenCLIP tower")
-    hf, _passengers = clip._open_clip_to_hf(open_clip_tensors(tower), slot)
-    config = clip._infer_config(hf, hidden_act="gelu")
-    with torch.device("meta"):
-        model = clip._meta_model(config, slot.projection)
+    encoder_name, hf, model = clip.open_clip_hf_parts(open_clip_tensors(tower), arch)
     expected = clip.hf_state_dict(model)
     missing, unexpected = sorted(set(expected) - set(hf)), sorted(set(hf) - set(expected))
     if missing or unexpected:
@@ -447,7 +441,7 @@ def open_clip_text_encoder(tower: nn.Module, arch: str, tokenizer) -> TextEncode
         raise HostRefusal(f"CLIP text model tensors left unset: {leftover[:5]}")
     model.requires_grad_(False)
     model.eval()
-    return TextEncoder(name=slot.name, model=model, tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id)
+    return TextEncoder(name=encoder_name, model=model, tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id)
 
 
 def open_clip_tokenizer():

@@ -395,6 +395,21 @@ def _meta_model(config, projection: bool) -> nn.Module:
     return model if hasattr(model, "text_model") else _TextModelShell(model)
 
 
+def open_clip_hf_parts(tensors: dict, arch: str) -> tuple[str, dict, nn.Module]:
+    """An OpenCLIP text tower's tensors (SD2's encoder, SDXL's second) in the Hugging Face
+    layout kohya trains: (the encoder's name, the HF state dict — views of ``tensors`` where
+    the layout allows —, an empty HF model on the meta device to load it into). The same
+    conversion the standalone loader uses, for hosts that hold OpenCLIP towers."""
+    slot = _slots(arch)[-1]
+    if not slot.open_clip:
+        raise ValueError(f"{arch}'s last text encoder is not an OpenCLIP tower")
+    hf, _passengers = _open_clip_to_hf(tensors, slot)
+    config = _infer_config(hf, hidden_act="gelu")
+    with torch.device("meta"):
+        model = _meta_model(config, slot.projection)
+    return slot.name, hf, model
+
+
 def build_tiny_text_encoders(arch: str, seed: int = 0) -> list[TextEncoder]:
     """Tiny random CLIP(s) for ``arch``: real vocabulary and 77 positions,
     :data:`TINY_WIDTHS`, :data:`TINY_LAYERS` layers; deterministic in ``seed``."""
