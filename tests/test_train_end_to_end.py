@@ -187,8 +187,13 @@ def test_host_model_is_handed_back_identical_even_after_an_exception(tmp_path, t
     })
     model = load_checkpoint(config.pretrained_model_name_or_path)
     before = state_fingerprint(model)
+    torch.manual_seed(1234)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(1234)
     train(config, model, log=lambda _m: None)
     assert state_fingerprint(model) == before
+    # the training's seed must not steer what the host draws next (its generations' seeds)
+    assert torch.equal(torch.rand(3), expected_draw)
 
     def explode(event):
         if event.kind == "step" and event.step == 2:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 import random
+import secrets
 import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
@@ -67,10 +68,9 @@ def train(
     device = model.device
     timer = Timer()
 
-    # 1. Reproducibility: one seed drives python's, torch's, the data order and the noise generator.
-    seed = config.seed if config.seed is not None else random.randrange(2**31)
-    random.seed(seed)
-    torch.manual_seed(seed)
+    # 1. Reproducibility: one seed drives the data order, the noise generator and (inside the
+    # host-state guard below, so the host's own RNGs come back as they were) python's and torch's.
+    seed = config.seed if config.seed is not None else secrets.randbelow(2**31)
     generator = torch.Generator(device="cpu").manual_seed(seed)
 
     # 2. Dataset: scan, bucket, count — kohya prints these numbers before step 1.
@@ -93,6 +93,8 @@ def train(
     with ExitStack() as stack:
         # 3. The host's model is restored on the way out, whatever happens below.
         stack.enter_context(preserved_host_state(model))
+        random.seed(seed)
+        torch.manual_seed(seed)
         for module in _all_modules(model):
             module.requires_grad_(False)
 
