@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .ldm_unet import Upsample  # LDM's VAE and UNet share the upsampler (nearest x2, then conv)
+
 VAE_PREFIX = "first_stage_model."
 
 
@@ -100,18 +102,6 @@ class Downsample(nn.Module):
     def forward(self, x):
         # LDM pads only right and bottom before the strided conv
         return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x):
-        dtype = x.dtype
-        if dtype == torch.bfloat16:
-            x = x.float()
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest").to(dtype))
 
 
 def _mid(channels: int) -> nn.Module:

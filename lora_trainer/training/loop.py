@@ -12,7 +12,6 @@ import inspect
 import math
 import random
 import secrets
-import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -10,11 +10,12 @@ means ``torch.optim.<Class>``), as kohya does.
 from __future__ import annotations
 
 import ast
-import importlib
 import logging
 from typing import Any, Iterable, Optional, Union
 
 import torch
+
+from .classpath import resolve_class
 
 logger = logging.getLogger(__name__)
 
@@ -184,18 +185,7 @@ def _schedulefree_class(kind: str):
 
 
 def _custom_class(optimizer_type: str):
-    if "." not in optimizer_type:
-        module, name = torch.optim, optimizer_type
-    else:
-        module_name, _, name = optimizer_type.rpartition(".")
-        module = importlib.import_module(module_name)
-    cls = getattr(module, name, None)
-    if cls is None:
-        raise ValueError(
-            f"unknown optimizer {optimizer_type!r}: not one of kohya's names ({', '.join(OPTIMIZER_TYPES)}) "
-            f"nor a class in {getattr(module, '__name__', module)}"
-        )
-    return cls
+    return resolve_class(optimizer_type, torch.optim, "optimizer", OPTIMIZER_TYPES)
 
 
 def build_optimizer(

@@ -10,12 +10,12 @@ scheduler class (``module.Class``, or a bare name from
 """
 from __future__ import annotations
 
-import importlib
 import logging
 from typing import Optional, Union
 
 import torch
 
+from .classpath import resolve_class
 from .optimizers import OptimizerArgs, is_schedulefree, parse_kwargs
 
 logger = logging.getLogger(__name__)
@@ -67,17 +67,7 @@ def _is_relative_step_adafactor(optimizer) -> bool:
 
 
 def _class_scheduler(scheduler_type: str, optimizer, kwargs: dict):
-    if "." not in scheduler_type:
-        module, name = torch.optim.lr_scheduler, scheduler_type
-    else:
-        module_name, _, name = scheduler_type.rpartition(".")
-        module = importlib.import_module(module_name)
-    cls = getattr(module, name, None)
-    if cls is None:
-        raise ValueError(
-            f"unknown lr scheduler {scheduler_type!r}: not one of {', '.join(SCHEDULERS)} "
-            f"nor a class in {getattr(module, '__name__', module)}"
-        )
+    cls = resolve_class(scheduler_type, torch.optim.lr_scheduler, "lr scheduler", SCHEDULERS)
     logger.info(f"use {scheduler_type} | {kwargs} as lr_scheduler")
     return cls(optimizer, **kwargs)
 
