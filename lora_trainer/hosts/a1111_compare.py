@@ -24,19 +24,17 @@ WebUI is imported at module level.
 """
 from __future__ import annotations
 
-import base64
 import inspect
-import io
 import os
 import threading
 from contextlib import closing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..compare import candidate, publish as publishing
+from ..compare import publish as publishing
+from ..compare.result import ComparisonResult, latest_result, remember, suggestion_for
 from ..compare.xyz import (
-    AXIS_NOTHING, AXIS_SEED, SCRIPT_TITLE, Comparison, ComparisonError, axis_index, build_comparison,
+    SCRIPT_TITLE, Comparison, ComparisonError, axis_index, build_comparison,
     discover_family,
 )
 
@@ -44,58 +42,6 @@ PREFIX = "/lora_trainer/v1"
 
 _defaults_lock = threading.Lock()
 _default_args: dict[int, list] = {}  # id(script runner) -> every script's UI defaults, as the API makes them
-_last_results: dict[str, "ComparisonResult"] = {}  # family folder/name -> the latest result (for /publish's preview)
-
-
-@dataclass
-class ComparisonResult:
-    comparison: Comparison
-    grid: Any  # PIL image
-    cells: list  # PIL images, in the script's order (Comparison.cells)
-    grid_path: Optional[str]
-    infotext: str
-    interrupted: bool = False
-    suggestion: Optional[candidate.Suggestion] = None
-    notes: list[str] = field(default_factory=list)
-
-    def cell_image(self, ix: int, iy: int = 0):
-        return self.cells[ix + iy * self.comparison.columns]
-
-    def as_dict(self, images: bool = False) -> dict:
-        c = self.comparison
-        out = {
-            "name": c.family.name,
-            "grid_path": self.grid_path,
-            "prompt": c.prompt,
-            "negative_prompt": c.negative_prompt,
-            "seed": c.seed,
-            "columns": c.columns,
-            "rows": c.rows,
-            "x": {"label": c.x.label, "values": c.x.values, "titles": c.x.titles},
-            "y": {"label": c.y.label, "values": c.y.values, "titles": c.y.titles},
-            "cells": [{"index": cell.index, "ix": cell.ix, "iy": cell.iy, "prompt": cell.prompt,
-                       "epoch": cell.epoch.epoch if cell.epoch else None,
-                       "file": cell.epoch.name if cell.epoch else None,
-                       "x_title": cell.x_title, "y_title": cell.y_title} for cell in c.cells],
-            "interrupted": self.interrupted,
-            "suggestion": self.suggestion.as_dict() if self.suggestion else None,
-            "warnings": list(c.family.warnings) + self.notes,
-            "infotext": self.infotext,
-        }
-        if self.suggestion is not None:
-            chosen = [cell for cell in c.cells if cell.ix == self.suggestion.index + 1 and cell.iy == 0]
-            out["suggestion"]["file"] = chosen[0].epoch.name if chosen and chosen[0].epoch else None
-        if images:
-            out["grid"] = _b64(self.grid)
-            for entry, image in zip(out["cells"], self.cells):
-                entry["image"] = _b64(image)
-        return out
-
-
-def _b64(image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 # ------------------------------------------------------------------------------ the script
@@ -270,17 +216,6 @@ def _run_in_job(comparison: Comparison, save_grid: bool) -> ComparisonResult:
     return result
 
 
-def suggestion_for(result: ComparisonResult) -> Optional[candidate.Suggestion]:
-    """The epoch suggestion from the cells: one row, or seeds as rows (other Y axes change more
-    than the epoch, so no suggestion there)."""
-    c = result.comparison
-    if c.y.label not in (AXIS_NOTHING, AXIS_SEED) or result.interrupted or c.columns < 2:
-        return None
-    per_column = [[result.cell_image(ix, iy) for iy in range(c.rows)] for ix in range(c.columns)]
-    epochs = [cell.epoch.epoch for cell in c.cells[1:c.columns]]
-    return candidate.suggest_from_images(per_column[1:], epochs, baseline=per_column[0])
-
-
 def run_comparison(comparison: Comparison, *, host=None, save_grid: bool = True,
                    title: str = "LoRA Trainer: epoch comparison") -> ComparisonResult:
     """Run ``comparison`` as its own WebUI job (the queue lock, ``shared.state``). Raises
@@ -290,16 +225,8 @@ def run_comparison(comparison: Comparison, *, host=None, save_grid: bool = True,
 
         host = A1111Host()
     result = host.run_exclusive(lambda: _run_in_job(comparison, save_grid), title=title)
-    _last_results[_key(comparison.family.folder, comparison.family.name)] = result
+    remember(result)
     return result
-
-
-def _key(folder, name) -> str:
-    return f"{os.path.normcase(os.path.abspath(str(folder)))}::{name}"
-
-
-def latest_result(folder, name) -> Optional[ComparisonResult]:
-    return _last_results.get(_key(folder, name))
 
 
 # ---------------------------------------------------------------------------------- routes

@@ -48,3 +48,19 @@ class Host(Protocol):
     def refresh_loras(self) -> None:
         """Make newly written LoRA files visible (the Lora extra-networks tab)."""
         ...
+
+
+# Optional capabilities. The tab and the CLI look them up with getattr and say
+# plainly when a host lacks one.
+#
+#   run_comparison(comparison: compare.xyz.Comparison, *, save_grid: bool = True)
+#       -> compare.result.ComparisonResult
+#       Draw the epoch grid as a host job of its own (A1111/Forge: the WebUI's X/Y/Z
+#       plot; standalone: a diffusers pipeline). Never from inside a training job.
+#
+#   render_samples(model: DiffusionModel, prompts: list[compare.prompts.SamplePrompt],
+#                  out_dir: Path, *, prefix: str) -> list[Path]
+#       Called by the training loop from inside the training job, with the network
+#       applied to ``model``: render each prompt with the host's own sampler and save
+#       PNGs under ``out_dir``. Must leave ``model`` as it found it (train/eval flags,
+#       RNG state).

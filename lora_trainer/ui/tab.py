@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from . import render
+from . import compare_panel, dataset_panel, render
 from .logic import TabLogic
 from .values import CONTROL_NAMES, CONTROLS, Control, form_list, section_names
 
@@ -105,74 +105,80 @@ def build_tab(manager, host=None, *, poll_seconds: float | None = POLL_SECONDS):
                                 "the host's LoRA folder"}}
 
     with gr.Blocks(analytics_enabled=False, title="LoRA Trainer") as tab:
-        with gr.Row():
-            # ---- settings ----------------------------------------------------------------
-            with gr.Column(scale=3):
+        with gr.Tabs(elem_id="lora_trainer_main_tabs"):
+            with gr.Tab("Train", elem_id="lora_trainer_tab_train"):
                 with gr.Row():
-                    preset = gr.Dropdown(choices=[""] + list(PRESETS), value="", label="Preset",
-                                         info="fills the training recipe from a guide; the dataset stays yours",
-                                         elem_id="lora_trainer_preset")
-                with gr.Tabs(elem_id="lora_trainer_sections"):
-                    for section in section_names():
-                        with gr.Tab(section, elem_id=f"lora_trainer_tab_{_slug(section)}"):
-                            controls = [c for c in CONTROLS if c.section == section]
-                            if section == "Advanced":
-                                gr.Markdown("Every other kohya option, by its kohya name. An empty box means "
-                                            "kohya's default.")
-                            _layout_section(gr, controls, form, components, extras)
-                            if section == "Dataset":
-                                estimate = gr.HTML(render.estimate_html({}), label="Estimate",
-                                                   elem_id="lora_trainer_estimate")
-                                estimate_button = gr.Button("Recount", size="sm",
-                                                            elem_id="lora_trainer_estimate_refresh")
-                with gr.Accordion("Config file (TOML) and import", open=False, elem_id="lora_trainer_config_file"):
-                    with gr.Row():
-                        toml_path = gr.Textbox(label="TOML path", lines=1, max_lines=1,
-                                               placeholder="/path/to/config.toml (empty on Save: a download)",
-                                               elem_id="lora_trainer_toml_path")
-                    with gr.Row():
-                        toml_save = gr.Button("Save config", elem_id="lora_trainer_toml_save")
-                        toml_load = gr.Button("Load config", elem_id="lora_trainer_toml_load")
-                    with gr.Row():
-                        toml_upload = gr.UploadButton("Load a TOML from this computer", file_types=[".toml"],
-                                                      file_count="single", elem_id="lora_trainer_toml_upload")
-                    toml_file = gr.File(label="Saved config (download)", interactive=False, visible=False,
-                                        elem_id="lora_trainer_toml_file")
-                    with gr.Row():
-                        import_path = gr.Textbox(label="Import from kohya_ss GUI (.json) or "
-                                                       "LoRA_Easy_Training_Scripts (.toml)",
-                                                 lines=1, max_lines=1, placeholder="/path/to/config.json",
-                                                 elem_id="lora_trainer_import_path")
-                    with gr.Row():
-                        import_button = gr.Button("Import", elem_id="lora_trainer_import")
-                        import_upload = gr.UploadButton("Import a file from this computer",
-                                                        file_types=[".json", ".toml"], file_count="single",
-                                                        elem_id="lora_trainer_import_upload")
+                    # ---- settings ----------------------------------------------------------------
+                    with gr.Column(scale=3):
+                        with gr.Row():
+                            preset = gr.Dropdown(choices=[""] + list(PRESETS), value="", label="Preset",
+                                                 info="fills the training recipe from a guide; the dataset stays yours",
+                                                 elem_id="lora_trainer_preset")
+                        with gr.Tabs(elem_id="lora_trainer_sections"):
+                            for section in section_names():
+                                with gr.Tab(section, elem_id=f"lora_trainer_tab_{_slug(section)}"):
+                                    controls = [c for c in CONTROLS if c.section == section]
+                                    if section == "Advanced":
+                                        gr.Markdown("Every other kohya option, by its kohya name. An empty box means "
+                                                    "kohya's default.")
+                                    _layout_section(gr, controls, form, components, extras)
+                                    if section == "Dataset":
+                                        estimate = gr.HTML(render.estimate_html({}), label="Estimate",
+                                                           elem_id="lora_trainer_estimate")
+                                        estimate_button = gr.Button("Recount", size="sm",
+                                                                    elem_id="lora_trainer_estimate_refresh")
+                        with gr.Accordion("Config file (TOML) and import", open=False, elem_id="lora_trainer_config_file"):
+                            with gr.Row():
+                                toml_path = gr.Textbox(label="TOML path", lines=1, max_lines=1,
+                                                       placeholder="/path/to/config.toml (empty on Save: a download)",
+                                                       elem_id="lora_trainer_toml_path")
+                            with gr.Row():
+                                toml_save = gr.Button("Save config", elem_id="lora_trainer_toml_save")
+                                toml_load = gr.Button("Load config", elem_id="lora_trainer_toml_load")
+                            with gr.Row():
+                                toml_upload = gr.UploadButton("Load a TOML from this computer", file_types=[".toml"],
+                                                              file_count="single", elem_id="lora_trainer_toml_upload")
+                            toml_file = gr.File(label="Saved config (download)", interactive=False, visible=False,
+                                                elem_id="lora_trainer_toml_file")
+                            with gr.Row():
+                                import_path = gr.Textbox(label="Import from kohya_ss GUI (.json) or "
+                                                               "LoRA_Easy_Training_Scripts (.toml)",
+                                                         lines=1, max_lines=1, placeholder="/path/to/config.json",
+                                                         elem_id="lora_trainer_import_path")
+                            with gr.Row():
+                                import_button = gr.Button("Import", elem_id="lora_trainer_import")
+                                import_upload = gr.UploadButton("Import a file from this computer",
+                                                                file_types=[".json", ".toml"], file_count="single",
+                                                                elem_id="lora_trainer_import_upload")
 
-            # ---- run ---------------------------------------------------------------------
-            with gr.Column(scale=2):
-                with gr.Row():
-                    train = gr.Button("Train", variant="primary", elem_id="lora_trainer_train")
-                    queue_add = gr.Button("Add to queue", elem_id="lora_trainer_queue_add")
-                    interrupt = gr.Button("Interrupt", variant="stop", elem_id="lora_trainer_interrupt")
-                interrupt_save = gr.Checkbox(value=True, label="Save the current weights when interrupting",
-                                             elem_id="lora_trainer_interrupt_save")
-                message = gr.Markdown("", elem_id="lora_trainer_message")
-                progress = gr.HTML(render.progress_html({}), elem_id="lora_trainer_progress")
-                gr.Markdown("**Files**")
-                files = gr.HTML(render.files_html({}), elem_id="lora_trainer_files")
-                gr.Markdown("**Queue**")
-                queue = gr.HTML(render.queue_html([]), elem_id="lora_trainer_queue")
-                with gr.Row():
-                    cancel_job = gr.Dropdown(choices=[], value=None, label="Queued job",
-                                             elem_id="lora_trainer_cancel_job")
-                    with gr.Column(min_width=120):
-                        cancel = gr.Button("Cancel queued job", size="sm", elem_id="lora_trainer_cancel")
-                        refresh = gr.Button("Refresh", size="sm", elem_id="lora_trainer_refresh_button")
-                with gr.Accordion("Log", open=False, elem_id="lora_trainer_log_accordion"):
-                    log = gr.Textbox(label="Trainer log", lines=10, max_lines=20, interactive=False,
-                                     elem_id="lora_trainer_log")
-                signature = gr.State(None)
+                    # ---- run ---------------------------------------------------------------------
+                    with gr.Column(scale=2):
+                        with gr.Row():
+                            train = gr.Button("Train", variant="primary", elem_id="lora_trainer_train")
+                            queue_add = gr.Button("Add to queue", elem_id="lora_trainer_queue_add")
+                            interrupt = gr.Button("Interrupt", variant="stop", elem_id="lora_trainer_interrupt")
+                        interrupt_save = gr.Checkbox(value=True, label="Save the current weights when interrupting",
+                                                     elem_id="lora_trainer_interrupt_save")
+                        message = gr.Markdown("", elem_id="lora_trainer_message")
+                        progress = gr.HTML(render.progress_html({}), elem_id="lora_trainer_progress")
+                        gr.Markdown("**Files**")
+                        files = gr.HTML(render.files_html({}), elem_id="lora_trainer_files")
+                        gr.Markdown("**Queue**")
+                        queue = gr.HTML(render.queue_html([]), elem_id="lora_trainer_queue")
+                        with gr.Row():
+                            cancel_job = gr.Dropdown(choices=[], value=None, label="Queued job",
+                                                     elem_id="lora_trainer_cancel_job")
+                            with gr.Column(min_width=120):
+                                cancel = gr.Button("Cancel queued job", size="sm", elem_id="lora_trainer_cancel")
+                                refresh = gr.Button("Refresh", size="sm", elem_id="lora_trainer_refresh_button")
+                        with gr.Accordion("Log", open=False, elem_id="lora_trainer_log_accordion"):
+                            log = gr.Textbox(label="Trainer log", lines=10, max_lines=20, interactive=False,
+                                             elem_id="lora_trainer_log")
+                        signature = gr.State(None)
+            with gr.Tab("Compare", elem_id="lora_trainer_tab_compare"):
+                compare_panel.build(gr, logic)
+            with gr.Tab("Dataset", elem_id="lora_trainer_tab_dataset"):
+                dataset_panel.build(gr, logic)
 
         inputs = [components[name] for name in CONTROL_NAMES]
         assert len(inputs) == len(CONTROLS)
