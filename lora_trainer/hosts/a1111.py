@@ -216,6 +216,12 @@ class A1111Host:
         elif event.message:
             state.textinfo = event.message
 
+    def run_comparison(self, comparison, *, save_grid: bool = True):
+        """The epoch grid through the WebUI's own X/Y/Z plot, as a job of its own."""
+        from .a1111_compare import run_comparison
+
+        return run_comparison(comparison, host=self, save_grid=save_grid)
+
     def interrupt_requested(self) -> bool:
         """The WebUI's Interrupt (``state.interrupted``) or "stop after this" (``stopping_generation``)."""
         from modules import shared

@@ -111,3 +111,10 @@ class StandaloneHost:
 
     def refresh_loras(self) -> None:
         return None
+
+    def run_comparison(self, comparison, *, save_grid: bool = True):
+        """The epoch grid drawn by a diffusers pipeline over this host's checkpoint."""
+        from ..compare.headless import run_comparison
+
+        return run_comparison(comparison, checkpoint_path=self.checkpoint_path, host=self, save_grid=save_grid)
+
