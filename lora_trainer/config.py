@@ -112,6 +112,12 @@ class TrainConfig:
     save_every_n_epochs: Optional[int] = None
     save_last_n_epochs: Optional[int] = None
     training_comment: Optional[str] = None
+    # --- samples during training (kohya's sample_images) ----------------------------
+    sample_every_n_epochs: Optional[int] = None  # overrides sample_every_n_steps, as kohya
+    sample_every_n_steps: Optional[int] = None
+    sample_at_first: bool = False  # before the first step (file suffix e000000)
+    sample_prompts: Optional[str] = None  # .txt (--n --w --h --d --s --l --ss), .toml or .json
+    sample_sampler: str = "ddim"
     # --- ours ---------------------------------------------------------------------
     device: str = "auto"  # auto / cpu / cuda / cuda:N
     trigger_word: str = ""  # goes into the user-metadata JSON as activation text
@@ -157,7 +163,11 @@ class TrainConfig:
 
 
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
-PATH_FIELDS = ("pretrained_model_name_or_path", "train_data_dir", "reg_data_dir", "network_weights", "output_dir")
+PATH_FIELDS = ("pretrained_model_name_or_path", "train_data_dir", "reg_data_dir", "network_weights", "output_dir",
+               "sample_prompts")
+# kohya's --sample_sampler choices (train_util.py)
+SAMPLE_SAMPLERS = ("ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver",
+                   "dpmsolver++", "dpmsingle", "k_lms", "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a")
 # Accepted for kohya compatibility and mapped onto our names.
 ALIASES = {
     "caption_extention": "caption_extension",  # kohya's historic misspelling
@@ -407,6 +417,7 @@ def validate(config: TrainConfig, check_paths: bool = True) -> list[str]:
     if config.output_name is not None and (not config.output_name
                                           or any(c in config.output_name for c in '/\\:*?"<>|')):
         errors.append(f"output_name {config.output_name!r}: use a plain file name without path characters")
+    _validate_samples(config, check_paths, errors, warnings)
     if config.optimizer_type.lower().startswith(("dadapt", "prodigy")) and config.learning_rate < 0.1:
         warnings.append(
             f"{config.optimizer_type} adapts its step size itself; kohya's guides set learning_rate around 1.0 "
@@ -415,6 +426,69 @@ def validate(config: TrainConfig, check_paths: bool = True) -> list[str]:
     if errors:
         raise ConfigError("\n".join(errors))
     return warnings
+
+
+def _validate_samples(config: TrainConfig, check_paths: bool, errors: list[str], warnings: list[str]) -> None:
+    """kohya's sample options: when to render, which prompts, which sampler."""
+    if config.sample_sampler not in SAMPLE_SAMPLERS:
+        close = difflib.get_close_matches(str(config.sample_sampler), SAMPLE_SAMPLERS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        errors.append(f"sample_sampler {config.sample_sampler!r}: expected one of {', '.join(SAMPLE_SAMPLERS)}{hint}")
+    for name in ("sample_every_n_epochs", "sample_every_n_steps"):
+        value = getattr(config, name)
+        if value is not None and value <= 0:
+            # kohya warns and turns the option off
+            warnings.append(f"{name} is {value}: 0 or less turns it off (as kohya does)")
+    every_epochs = (config.sample_every_n_epochs or 0) > 0
+    every_steps = (config.sample_every_n_steps or 0) > 0
+    if every_epochs and every_steps:
+        warnings.append("sample_every_n_steps is ignored: sample_every_n_epochs is set (as kohya does)")
+    wanted = every_epochs or every_steps or config.sample_at_first
+    if not config.sample_prompts:
+        if wanted:
+            errors.append("samples are asked for (sample_every_n_epochs / sample_every_n_steps / sample_at_first) "
+                          "but sample_prompts is not set: name a .txt file with one prompt per line "
+                          "(kohya's syntax: a prompt --n negative --w 512 --h 512 --d seed --s steps --l cfg)")
+        return
+    if not wanted:
+        warnings.append("sample_prompts is set but no samples will be rendered: set sample_every_n_epochs, "
+                        "sample_every_n_steps or sample_at_first")
+    if not check_paths:
+        return
+    try:
+        prompts = read_sample_prompts(config.sample_prompts)
+    except ConfigError as exc:
+        errors.append(str(exc))
+        return
+    if not prompts:
+        warnings.append(f"sample_prompts {config.sample_prompts!r} holds no prompt (empty lines and lines starting "
+                        "with # are skipped): no samples will be rendered")
+    for prompt in prompts:
+        where = f"sample_prompts {Path(config.sample_prompts).name}" + (f" line {prompt.line}" if prompt.line else "")
+        for problem in prompt.warnings:
+            warnings.append(f"{where}: {problem} (skipped, as kohya does)")
+        for option in prompt.ignored:
+            warnings.append(f"{where}: {option!r} is not a sample option kohya knows; ignored")
+
+
+def read_sample_prompts(path: Union[str, os.PathLike]) -> list:
+    """The prompts of a ``sample_prompts`` file (:func:`lora_trainer.compare.prompts.load_prompts`);
+    a file that is missing or unreadable is a ConfigError naming it."""
+    from .compare.prompts import load_prompts
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sample_prompts {str(path)!r} does not exist: name a .txt, .toml or .json prompt file")
+    if path.suffix.lower() not in (".txt", ".toml", ".json"):
+        raise ConfigError(f"sample_prompts {str(path)!r}: expected a .txt, .toml or .json file (kohya's formats)")
+    try:
+        return load_prompts(path)
+    except UnicodeDecodeError:
+        raise ConfigError(f"sample_prompts {str(path)!r} is not UTF-8 text: save it as UTF-8") from None
+    except (ValueError, TypeError, KeyError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"sample_prompts {str(path)!r} cannot be read: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"sample_prompts {str(path)!r} cannot be read: {exc}") from None
 
 
 def load_toml(path: Union[str, os.PathLike]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ QUEUE_FILE_VERSION = 1
 STATES = ("queued", "running", "done", "failed", "interrupted", "cancelled")
 FINISHED = ("done", "failed", "interrupted", "cancelled")
 LOG_LINES = 200  # per job, the last lines the trainer printed
+SAMPLES_KEPT = 64  # per job, the latest sample images listed in its status
 
 
 def _now() -> float:
@@ -49,6 +50,7 @@ def _new_status(job_id: str, config: TrainConfig) -> dict[str, Any]:
         "eta": None,
         "elapsed": 0.0,
         "files": [],
+        "samples": [],  # {"path", "epoch", "step", "prompt"}, oldest first, the last SAMPLES_KEPT
         "message": "",
         "losses": [],
         "peak_memory": None,
@@ -259,7 +261,7 @@ class JobManager:
 
         def job():
             with self.host.lend_model() as model:
-                return train(config, model, on_progress=on_progress, stop=flag, log=job_log)
+                return train(config, model, on_progress=on_progress, stop=flag, log=job_log, host=self.host)
 
         result = None
         try:
@@ -314,6 +316,10 @@ class JobManager:
             elif event.kind == "saved" and event.path:
                 job["files"] = [f for f in job["files"] if Path(f).exists() and f != event.path] + [event.path]
                 self._persist()
+            elif event.kind == "sample" and event.path:
+                job["samples"].append({"path": event.path, "epoch": event.epoch, "step": event.step,
+                                       "prompt": event.message})
+                del job["samples"][:-SAMPLES_KEPT]
             elif event.kind == "end":
                 if event.peak_memory is not None:
                     job["peak_memory"] = event.peak_memory

@@ -48,6 +48,8 @@ class ProgressBar:
             self.bar.refresh()
         elif event.kind == "saved":
             (self.bar.write if self.bar else print)(f"saved {event.path}")
+        elif event.kind == "sample":
+            (self.bar.write if self.bar else print)(f"sample {event.path}")
         elif event.kind == "end" and self.bar is not None:
             self.bar.close()
 
@@ -149,6 +151,60 @@ def demo_config(root: Path, checkpoint: Path, train_dir: Path, epochs: int) -> T
     return config
 
 
+def describe_comparison(result) -> list[str]:
+    """The grid's file, the change curve between epochs and the suggestion, in words."""
+    lines = [f"grid: {result.grid_path}" if result.grid_path else "grid: not saved"]
+    for note in list(result.comparison.family.warnings) + list(result.notes):
+        lines.append(f"note: {note}")
+    suggestion = result.suggestion
+    if suggestion is None:
+        if result.interrupted:
+            lines.append("interrupted: no suggestion from an unfinished grid")
+        else:
+            lines.append("no suggestion: the rows change the LoRA's weights or the checkpoint, which changes the "
+                         "images more than the epoch does; draw one row, or seeds as rows (--y seed), to get one")
+        return lines
+    lines.append("change into each epoch (mean pixel difference at the same seeds, 0..1):")
+    width = max((len(label) for label in suggestion.labels), default=0)
+    top = max(suggestion.curve, default=0.0) or 1.0
+    for label, value in zip(suggestion.labels, suggestion.curve):
+        lines.append(f"  {label:<{width}}  {value:.4f}  {'#' * round(value / top * 30)}")
+    lines.append(f"  (a change below {suggestion.threshold:.4f} counts as settled)")
+    chosen = result.as_dict()["suggestion"].get("file")
+    lines.append(f"suggestion: epoch {suggestion.epoch}" + (f" ({chosen})" if chosen else "") + f" [{suggestion.verdict}]")
+    lines.append(f"why: {suggestion.reason}")
+    return lines
+
+
+def run_grid(checkpoint, lora_dir, name: str, *, prompt: Optional[str] = None, negative: Optional[str] = None,
+             seed: int = 1234, strength: float = 0.8, epochs=None, y: Optional[str] = None, steps: int = 20,
+             width: int = 512, height: int = 512, cfg: float = 7.0, sampler: str = "Euler a", out_dir=None,
+             clip_skip: Optional[int] = None, device: str = "auto", log=print) -> RunOutcome:
+    """The epoch grid of LoRA family ``name`` in ``lora_dir`` over ``checkpoint``, headless (standalone host,
+    diffusers pipeline); prints the grid's file, the change curve and the suggestion."""
+    from .compare.headless import sampler_key
+    from .compare.xyz import ComparisonError, build_comparison, discover_family
+    from .hosts.standalone import StandaloneHost
+
+    try:
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+        sampler_key(sampler)  # an unknown sampler is refused before the model loads
+        family = discover_family(lora_dir, name)
+        comparison = build_comparison(family, prompt=prompt, negative_prompt=negative, seed=seed, strength=strength,
+                                      epochs=epochs, y=y, steps=steps, width=width, height=height, cfg_scale=cfg,
+                                      sampler_name=sampler)
+        log(f"grid: {name} over {comparison.columns - 1} epoch(s) x {comparison.rows} row(s); prompt: {comparison.prompt}")
+        host = StandaloneHost(checkpoint, lora_dir, device=device, log=log)
+        result = host.run_comparison(comparison, save_grid=True, out_dir=out_dir, clip_skip=clip_skip)
+    except (ComparisonError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return RunOutcome(ok=False, message=str(exc))
+    for line in describe_comparison(result):
+        log(line)
+    return RunOutcome(ok=True, files=[Path(result.grid_path)] if result.grid_path else [], result=result)
+
+
 def run_demo(root: Path, epochs: int = 4, log=print) -> RunOutcome:
     from .demo import make_demo_dataset
     from .models.tiny import write_tiny_checkpoint
@@ -163,9 +219,20 @@ def run_demo(root: Path, epochs: int = 4, log=print) -> RunOutcome:
     config_path.write_text(to_toml(config), encoding="utf-8")
     log(f"demo: config {config_path} (re-run with: python -m lora_trainer train --config {config_path})")
     outcome = run_training(config, log=log)
-    if outcome.ok:
-        log("")
-        log(f"demo: checkpoint  {paths['checkpoint']}")
-        log(f"demo: dataset     {train_dir}")
-        log(f"demo: LoRA files  {root / 'lora'}")
+    if not outcome.ok:
+        return outcome
+    log("")
+    log(f"demo: checkpoint  {paths['checkpoint']}")
+    log(f"demo: dataset     {train_dir}")
+    log(f"demo: LoRA files  {root / 'lora'}")
+    log("")
+    # the epoch grid, small and short so it stays quick on a CPU (the model is random: the images are noise)
+    grid = run_grid(paths["checkpoint"], root / "lora", "demo", steps=8, width=128, height=128, device="cpu",
+                    out_dir=root / "grids", log=log)
+    if grid.ok:
+        log(f"demo: re-draw it with: python -m lora_trainer grid --ckpt {paths['checkpoint']} "
+            f"--lora-dir {root / 'lora'} --name demo --steps 8 --width 128 --height 128")
+    outcome.files += grid.files
+    outcome.ok = grid.ok
+    outcome.message = grid.message
     return outcome

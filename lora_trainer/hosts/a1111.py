@@ -222,6 +222,63 @@ class A1111Host:
 
         return run_comparison(comparison, host=self, save_grid=save_grid)
 
+    def render_samples(self, model: DiffusionModel, prompts, out_dir, *, prefix: str) -> list:
+        """Samples during training, drawn by the WebUI's own txt2img (``StableDiffusionProcessingTxt2Img``
+        + ``process_images``) from inside the running training job: the queue lock is already held and is
+        not taken again. The LoRA being trained is applied to the WebUI's own modules, so the WebUI's
+        sampler draws through it. Each prompt's sampler is mapped to the WebUI's name
+        (:meth:`SamplePrompt.webui_sampler`). Extra-network tags in a prompt are parsed out but not
+        activated (``disable_extra_networks``): the Lora extension must not merge into weights being
+        trained. ``process_images`` may move the model's parts (``--medvram``'s hooks) and rewrites
+        ``shared.state``'s counters: both are put back. Files: ``out_dir/{prefix}_{i:02d}_{time}_{seed}.png``.
+        """
+        if not _in_job():
+            raise RuntimeError("A1111Host.render_samples() runs inside the training job (run_exclusive)")
+        from modules import shared
+        from modules.processing import StableDiffusionProcessingTxt2Img, process_images
+
+        from ..compare.samples import DEFAULT_SEED, sample_filename, save_png
+
+        sd_model = shared.sd_model
+        parts = [getattr(sd_model, name, None) for name in ("model", "cond_stage_model", "conditioner",
+                                                            "first_stage_model")]
+        placed = [(m, module_device(m)) for m in parts if isinstance(m, torch.nn.Module)]
+        lowvram = sys.modules.get("modules.lowvram")
+        in_gpu = getattr(lowvram, "module_in_gpu", None)
+        state = shared.state
+        counters = {k: getattr(state, k) for k in ("job", "job_count", "job_no", "sampling_steps", "sampling_step",
+                                                   "textinfo") if hasattr(state, k)}
+        paths = []
+        try:
+            for index, prompt in enumerate(prompts):
+                width, height = prompt.size
+                seed = prompt.seed if prompt.seed is not None else DEFAULT_SEED
+                p = StableDiffusionProcessingTxt2Img(
+                    sd_model=sd_model, prompt=prompt.prompt, negative_prompt=prompt.negative_prompt or "",
+                    seed=seed, steps=prompt.steps, width=width, height=height, cfg_scale=prompt.cfg_scale,
+                    sampler_name=prompt.webui_sampler(), batch_size=1, n_iter=1,
+                    do_not_save_samples=True, do_not_save_grid=True,
+                )
+                p.disable_extra_networks = True
+                try:
+                    processed = process_images(p)
+                finally:
+                    if hasattr(p, "close"):
+                        p.close()
+                images = list(getattr(processed, "images", None) or [])
+                if not images:
+                    raise RuntimeError(f"the WebUI returned no image for sample {index} ({prompt.prompt!r})")
+                paths.append(save_png(images[0], Path(out_dir) / sample_filename(prefix, index, seed)))
+        finally:
+            for module, device in placed:
+                if device is not None and module_device(module) != device:
+                    module.to(device)
+            if lowvram is not None and hasattr(lowvram, "module_in_gpu"):
+                lowvram.module_in_gpu = in_gpu
+            for key, value in counters.items():
+                setattr(state, key, value)
+        return paths
+
     def interrupt_requested(self) -> bool:
         """The WebUI's Interrupt (``state.interrupted``) or "stop after this" (``stopping_generation``)."""
         from modules import shared

@@ -103,6 +103,8 @@ class StandaloneHost:
             return
         if event.kind == "saved" and event.path:
             self.log(f"saved {event.path}")
+        elif event.kind == "sample" and event.path:
+            self.log(f"sample {event.path}")
         elif event.kind == "message" and event.message:
             self.log(event.message)
 
@@ -112,9 +114,14 @@ class StandaloneHost:
     def refresh_loras(self) -> None:
         return None
 
-    def run_comparison(self, comparison, *, save_grid: bool = True):
-        """The epoch grid drawn by a diffusers pipeline over this host's checkpoint."""
+    def run_comparison(self, comparison, *, save_grid: bool = True, **options):
+        """The epoch grid drawn by a diffusers pipeline over this host's checkpoint, as a job of this host.
+        ``options`` go to :func:`lora_trainer.compare.headless.run_comparison` (``out_dir``, ``clip_skip``,
+        ``log``); the device is this host's."""
         from ..compare.headless import run_comparison
 
-        return run_comparison(comparison, checkpoint_path=self.checkpoint_path, host=self, save_grid=save_grid)
+        options.setdefault("device", str(_resolve_device(self.device)))
+        options.setdefault("log", self.log or (lambda _line: None))
+        return run_comparison(comparison, checkpoint_path=self.checkpoint_path, host=self, save_grid=save_grid,
+                              **options)
 

@@ -17,6 +17,16 @@ Every tensor is random and non-zero, including those LDM initialises to zero
 (``proj_out``, ``out_layers.3``, ``out.2``): a zero there would make a LoRA on
 the layer, or on the one feeding it, invisible in tests. Weights are stored in
 float16, as most published checkpoints are, to keep the files small.
+
+``size="forge"`` (SD1 only) is the smallest checkpoint Forge loads. Forge's model
+detection (huggingface_guess) takes an SD1.5 UNet only with 320 base channels,
+768-wide context, conv ``proj_in`` / ``proj_out`` and no ADM input, and Forge builds
+the text encoder and the VAE from SD1.5's own config files (full CLIP-L: 12 layers,
+768 wide; full VAE: channels 128,256,512,512), whatever the file holds. So those two
+are full size and only the UNet shrinks: one level (no down/up-sampling), one
+ResBlock and one 8-head transformer per block (26 M parameters; the file is 465 MB
+in fp16 with the 123 M-parameter text encoder and the 84 M-parameter VAE). An SDXL UNet is only recognised with SDXL's
+real depths (2 and 10 transformer blocks), so there is no Forge-size SDXL.
 """
 from __future__ import annotations
 
@@ -37,14 +47,50 @@ from .schedule import LINEAR_END, LINEAR_START, NUM_TIMESTEPS, scaled_linear_alp
 # each number embedded into 256 sinusoid features
 SDXL_SIZE_EMBED_DIM = 6 * 256
 TINY_VAE = VAEConfig(ch=32, ch_mult=(1, 1, 2, 2), num_res_blocks=2)
+SIZES = ("tiny", "forge")
+FORGE_VAE = VAEConfig(ch=128, ch_mult=(1, 2, 4, 4), num_res_blocks=2)  # SD1.5's VAE
+FORGE_CLIP_L = dict(hidden_size=768, num_layers=12, intermediate_size=3072)  # SD1.5's text encoder
 STORAGE_DTYPE = torch.float16
 # LDM zero-initialises these (residual branch outputs); trained weights are small there
 _ZERO_INIT_SUFFIXES = ("out_layers.3", "proj_out", "out.2")
 
 
-def _check_arch(arch: str) -> None:
+def _check_arch(arch: str, size: str = "tiny") -> None:
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHITECTURES}")
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; expected one of {SIZES}")
+    if size == "forge" and arch != "sd1":
+        raise ValueError(f"there is no Forge-size {arch} checkpoint: Forge recognises an SDXL UNet only with SDXL's "
+                         "real transformer depths (a full-size UNet); use --arch sd1 for a Forge test checkpoint")
+
+
+def forge_unet_config() -> UNetConfig:
+    """The Forge-size SD1 UNet: what Forge's detection requires, at one level."""
+    return UNetConfig(
+        model_channels=320, channel_mult=(1,), num_res_blocks=1, transformer_depth=(1,),
+        transformer_depth_middle=1, context_dim=FORGE_CLIP_L["hidden_size"], use_linear=False, num_heads=8,
+    )
+
+
+def _forge_text_encoder_meta():
+    with torch.device("meta"):
+        config = clip.text_config(vocab_size=clip.VOCAB_SIZE, intermediate_size=FORGE_CLIP_L["intermediate_size"],
+                                  hidden_size=FORGE_CLIP_L["hidden_size"], num_layers=FORGE_CLIP_L["num_layers"],
+                                  max_positions=clip.MODEL_MAX_LENGTH, hidden_act="quick_gelu")
+        return clip._meta_model(config, projection=False)
+
+
+def _text_encoder_state_dict(arch: str, seed: int, size: str) -> dict:
+    if size == "tiny":
+        return clip.tiny_text_encoder_state_dict(arch, seed)
+    shapes = {k: v.shape for k, v in clip.hf_state_dict(_forge_text_encoder_meta()).items()}
+    hf = clip._random_like(shapes, torch.Generator().manual_seed(seed))
+    return {"cond_stage_model.transformer." + k: v for k, v in hf.items()}
+
+
+def _vae_config(size: str) -> VAEConfig:
+    return FORGE_VAE if size == "forge" else TINY_VAE
 
 
 def _text_dims(arch: str, te_sd: dict) -> tuple[int, Optional[int]]:
@@ -58,9 +104,11 @@ def _text_dims(arch: str, te_sd: dict) -> tuple[int, Optional[int]]:
     return te1 + te2, te_sd["conditioner.embedders.1.model.text_projection"].shape[1]
 
 
-def tiny_unet_config(arch: str, te_state_dict: Optional[dict] = None) -> UNetConfig:
+def tiny_unet_config(arch: str, te_state_dict: Optional[dict] = None, size: str = "tiny") -> UNetConfig:
     """The tiny UNet's sizes; its context and pooled widths follow the tiny text encoders."""
-    _check_arch(arch)
+    _check_arch(arch, size)
+    if size == "forge":
+        return forge_unet_config()
     te_state_dict = te_state_dict or clip.tiny_text_encoder_state_dict(arch, 0)
     context_dim, pooled_dim = _text_dims(arch, te_state_dict)
     if arch == "sdxl":
@@ -99,12 +147,32 @@ def random_weights(module: nn.Module, generator: torch.Generator) -> dict:
     return out
 
 
-def tiny_state_dict(arch: str, seed: int = 0, dtype: torch.dtype = STORAGE_DTYPE) -> dict:
-    """A full single-file checkpoint dict (LDM keys) of a tiny random ``arch`` model."""
-    _check_arch(arch)
-    te_sd = clip.tiny_text_encoder_state_dict(arch, seed)
+def checkpoint_shapes(arch: str, size: str = "tiny") -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the checkpoint :func:`tiny_state_dict` writes, without making any tensor."""
+    _check_arch(arch, size)
+    if size == "forge":
+        te = {"cond_stage_model.transformer." + k: tuple(v.shape)
+              for k, v in clip.hf_state_dict(_forge_text_encoder_meta()).items()}
+    else:
+        te = {k: tuple(v.shape) for k, v in clip.tiny_text_encoder_state_dict(arch, 0).items()}
     with torch.device("meta"):
-        unet, vae = UNetModel(tiny_unet_config(arch, te_sd)), AutoencoderKL(TINY_VAE)
+        unet = UNetModel(tiny_unet_config(arch, size=size))
+        vae = AutoencoderKL(_vae_config(size))
+    out = {UNET_PREFIX + k: tuple(v.shape) for k, v in unet.state_dict().items()}
+    out.update({VAE_PREFIX + k: tuple(v.shape) for k, v in vae.state_dict().items()})
+    out.update(te)
+    if arch != "sdxl":
+        out["alphas_cumprod"] = (NUM_TIMESTEPS,)
+    return out
+
+
+def tiny_state_dict(arch: str, seed: int = 0, dtype: torch.dtype = STORAGE_DTYPE, size: str = "tiny") -> dict:
+    """A full single-file checkpoint dict (LDM keys) of a tiny random ``arch`` model
+    (``size="forge"``: the smallest SD1 checkpoint Forge loads, see the module notes)."""
+    _check_arch(arch, size)
+    te_sd = _text_encoder_state_dict(arch, seed, size)
+    with torch.device("meta"):
+        unet, vae = UNetModel(tiny_unet_config(arch, te_sd, size)), AutoencoderKL(_vae_config(size))
     # own streams per part, so that resizing one part leaves the others' values alone
     unet_sd = random_weights(unet, torch.Generator().manual_seed(seed + 1_000_003))
     vae_sd = random_weights(vae, torch.Generator().manual_seed(seed + 2_000_003))
@@ -286,8 +354,13 @@ def ldm_yaml_config(
                       "params": params}}
 
 
-def tiny_yaml_config(arch: str, prediction_type: str = "epsilon", text_encoder_dir: Optional[str] = None) -> dict:
+def tiny_yaml_config(arch: str, prediction_type: str = "epsilon", text_encoder_dir: Optional[str] = None,
+                     size: str = "tiny") -> dict:
     """The yaml config of the tiny ``arch`` model."""
+    _check_arch(arch, size)
+    if size == "forge":
+        return ldm_yaml_config(arch, forge_unet_config(), FORGE_VAE, prediction_type=prediction_type,
+                               text_encoder_dir=text_encoder_dir)
     return ldm_yaml_config(
         arch, tiny_unet_config(arch), TINY_VAE, prediction_type=prediction_type,
         text_encoder_dir=text_encoder_dir, te1_layer_idx=clip.TINY_LAYERS - 1,
@@ -299,9 +372,10 @@ def tiny_yaml_config(arch: str, prediction_type: str = "epsilon", text_encoder_d
 
 
 def write_tiny_checkpoint(arch: str, out_path, seed: int = 0,
-                          prediction_type: str = "epsilon") -> dict[str, Path]:
+                          prediction_type: str = "epsilon", size: str = "tiny") -> dict[str, Path]:
     """Write ``out_path`` (.safetensors) with a same-stem .yaml and the text
     encoder folder(s) the yaml names, as the WebUIs expect beside a checkpoint.
+    ``size="forge"``: the smallest SD1 checkpoint Forge loads (see the module notes).
 
     Returns the written paths: ``checkpoint``, ``yaml``, ``text_encoder`` (the
     CLIP-L folder: config.json + tokenizer files) and, for SD2/SDXL,
@@ -310,12 +384,13 @@ def write_tiny_checkpoint(arch: str, out_path, seed: int = 0,
     """
     from safetensors.torch import save_file
 
+    _check_arch(arch, size)
     out_path = Path(out_path).resolve()
     if out_path.suffix != ".safetensors":
         raise ValueError(f"{out_path}: the tiny checkpoint is written as .safetensors")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     stem = out_path.with_suffix("")
-    sd = tiny_state_dict(arch, seed)
+    sd = tiny_state_dict(arch, seed, size=size)
     written = {"checkpoint": out_path, "yaml": out_path.with_suffix(".yaml")}
 
     encoders = clip.text_encoders_from_state_dict(sd, arch)
@@ -333,11 +408,16 @@ def write_tiny_checkpoint(arch: str, out_path, seed: int = 0,
 
     import yaml
 
-    config = tiny_yaml_config(arch, prediction_type=prediction_type, text_encoder_dir=te_dir)
+    config = tiny_yaml_config(arch, prediction_type=prediction_type, text_encoder_dir=te_dir, size=size)
     header = (
         f"# Tiny random {arch} test model written by lora_trainer.models.tiny (seed {seed}).\n"
         "# Real block layout, shrunken widths; not a usable image model.\n"
     )
+    if size == "forge":
+        header = (
+            f"# Forge-size random {arch} test model written by lora_trainer.models.tiny (seed {seed}).\n"
+            "# Full-size CLIP-L and VAE, a one-level 320-channel UNet; not a usable image model.\n"
+        )
     if "open_clip_config" in written:
         header += (
             f"# Its OpenCLIP text tower is no registered open_clip arch: call\n"

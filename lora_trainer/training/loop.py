@@ -57,9 +57,13 @@ def train(
     on_progress: Optional[ProgressCallback] = None,
     stop: Optional[StopFlag] = None,
     log: Callable[[str], None] = print,
+    host=None,
 ) -> TrainResult:
+    """``host`` (optional) draws the samples when it has ``render_samples`` (see hosts/base.py);
+    without it, or when it has none, :mod:`lora_trainer.compare.samples` draws them."""
     from ..dataset import build_dataset_plan
     from ..networks import LoRANetwork
+    from .sampling import TrainingSamples
     from .saving import EpochSaver
 
     emit = on_progress or (lambda _p: None)
@@ -185,12 +189,18 @@ def train(
         except ValueError as exc:
             raise TrainingError(str(exc)) from None
 
+        # 6. Samples (kohya's sample_* options), drawn without touching the training's RNGs.
+        samples = TrainingSamples(config, model, network, host=host, emit=emit, log=log, v_prediction=v_pred,
+                                  autocast_dtype=autocast_dtype,
+                                  around=_schedule_free_eval(optimizer) if schedule_free else None)
+
         emit(Progress("start", total_steps=total_steps, total_epochs=counts.num_epochs,
                       message=f"{counts.num_batches_per_epoch} batches per epoch"))
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+        samples.at_start()
 
-        # 6. The loop: kohya counts a step per optimizer update.
+        # 7. The loop: kohya counts a step per optimizer update.
         global_step = 0
         accum = config.gradient_accumulation_steps
         for epoch in range(1, counts.num_epochs + 1):
@@ -245,6 +255,7 @@ def train(
                     lr=optimizer_lr_and_d(optimizer, scheduler, group_names), elapsed=timer.elapsed,
                     eta=timer.eta(global_step, total_steps), peak_memory=_peak_memory(device),
                 ))
+                samples.after_step(epoch, global_step)
                 if global_step >= total_steps or stop.requested:
                     break
 
@@ -261,6 +272,7 @@ def train(
             if path is not None:
                 result.files.append(path)
                 emit(Progress("saved", step=global_step, epoch=epoch, path=str(path)))
+            samples.after_epoch(epoch, global_step)
             emit(Progress("epoch", step=global_step, total_steps=total_steps, epoch=epoch,
                           total_epochs=counts.num_epochs,
                           loss=sum(epoch_losses) / max(len(epoch_losses), 1), elapsed=timer.elapsed))

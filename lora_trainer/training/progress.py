@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 @dataclass
 class Progress:
-    kind: str  # "start", "step", "epoch", "saved", "message", "end"
+    kind: str  # "start", "step", "epoch", "saved", "sample", "message", "end"
     step: int = 0
     total_steps: int = 0
     epoch: int = 0
@@ -24,8 +24,8 @@ class Progress:
     lr: dict[str, float] = field(default_factory=dict)  # "unet", "te", and "d*lr" for adaptive optimizers
     elapsed: float = 0.0
     eta: Optional[float] = None
-    path: Optional[str] = None  # the file written, for kind == "saved"
-    message: str = ""
+    path: Optional[str] = None  # the file written, for kind == "saved" and "sample"
+    message: str = ""  # for kind == "sample": the sample's prompt
     peak_memory: Optional[int] = None  # bytes
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
 
-from ..config import ConfigError, TrainConfig, coerce_options
+from ..config import SAMPLE_SAMPLERS, ConfigError, TrainConfig, coerce_options
 
 PREFIX = "lora_trainer_"
 EXTRA_CONTROLS = ("conv_dim", "conv_alpha")  # not fields: they go into network_args
@@ -50,6 +50,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "caption_extension": (".txt", ".caption"),
     "max_token_length": ("75", "150", "225"),
     "device": ("auto", "cpu", "cuda"),
+    "sample_sampler": SAMPLE_SAMPLERS,
 }
 CUSTOM_VALUES = {"optimizer_type", "lr_scheduler", "caption_extension", "device", "max_token_length"}
 
@@ -80,6 +81,9 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Saving", (
         "output_dir", "save_every_n_epochs", "save_last_n_epochs", "save_precision", "save_model_as",
         "training_comment",
+    )),
+    ("Samples", (
+        "sample_prompts", "sample_every_n_epochs", "sample_every_n_steps", "sample_at_first", "sample_sampler",
     )),
 )
 ADVANCED = "Advanced"
@@ -115,6 +119,12 @@ INFO: dict[str, str] = {
     "pretrained_model_name_or_path": "the host's loaded model is trained on; this names it in metadata",
     "clip_skip": "2 for NAI-family / Pony / Illustrious models",
     "caption_extension": "kohya's default is .caption",
+    "sample_prompts": "a .txt file, one prompt per line: PROMPT --n NEGATIVE --w 512 --h 512 --d SEED --s STEPS "
+                      "--l CFG (kohya's syntax; .toml / .json too); images go to OUTPUT_DIR/sample",
+    "sample_every_n_epochs": "empty: no samples at epoch ends; wins over sample_every_n_steps",
+    "sample_every_n_steps": "empty: no samples every N steps",
+    "sample_at_first": "also render the samples before the first step (no LoRA effect yet)",
+    "sample_sampler": "for prompts without --ss; a prompt without --d uses seed 1234",
 }
 
 
