@@ -279,3 +279,29 @@ def test_cli_bad_dataset_names_the_file_without_traceback(tmp_path, tiny_checkpo
     assert proc.returncode != 0
     assert "kitty" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert "10_" in proc.stderr  # the fix: rename it like 10_kitty
+
+
+def test_batched_loss_reads_give_the_same_run(tiny_checkpoints, small_dataset, tmp_path, monkeypatch):
+    """On CUDA the loss is read every few steps (one host wait instead of several); the events, the
+    losses and the file must be those of a run that reads every step. Forced here on the CPU."""
+    from lora_trainer.training import loop
+
+    def events_of(out_dir):
+        events = []
+        config, _ = from_dict({
+            "pretrained_model_name_or_path": tiny_checkpoints("sd1"), "train_data_dir": str(small_dataset),
+            "output_dir": str(out_dir), "output_name": "t", "resolution": "64", "train_batch_size": 2,
+            "network_dim": 4, "learning_rate": 5e-3, "max_train_epochs": 2, "seed": 3, "device": "cpu",
+        })
+        result = train(config, load_checkpoint(config.pretrained_model_name_or_path), log=lambda _m: None,
+                       on_progress=events.append)
+        return [(e.step, e.epoch, e.step_loss) for e in events if e.kind == "step"], result
+
+    every_step, first = events_of(tmp_path / "a")
+    monkeypatch.setattr(loop, "loss_read_interval", lambda device: 3)
+    batched, second = events_of(tmp_path / "b")
+    assert len(every_step) >= 4 and batched == every_step
+    assert first.losses == second.losses
+    a, _ = read_file(first.files[-1])
+    b, _ = read_file(second.files[-1])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -28,6 +28,14 @@ from .optimizers import build_optimizer, is_schedulefree, optimizer_lr_and_d
 from .progress import Progress, ProgressCallback, StopFlag, Timer
 from .schedulers import build_scheduler
 
+# on CUDA, optimizer steps between two reads of the loss on the host (each read waits for the GPU)
+LOSS_READ_EVERY = 8
+
+
+def loss_read_interval(device: torch.device) -> int:
+    """How many optimizer steps' losses are read from the device at once (1 on the CPU: no wait to save)."""
+    return LOSS_READ_EVERY if device.type == "cuda" else 1
+
 
 class TrainingError(RuntimeError):
     """Training could not start or continue; the message says why and what to do."""
@@ -203,9 +211,36 @@ def train(
         # 7. The loop: kohya counts a step per optimizer update.
         global_step = 0
         accum = config.gradient_accumulation_steps
+        # Reading a loss on the host waits for the GPU, so on CUDA the step losses are read in
+        # batches of read_every steps (one wait instead of read_every); the step events follow then.
+        read_every = loss_read_interval(device)
+        pending: list[tuple[int, torch.Tensor]] = []  # (optimizer step, its loss on the device)
+
+        def flush() -> None:
+            if not pending:
+                return
+            values = torch.stack([loss for _, loss in pending]).float().cpu().tolist()
+            steps = [step for step, _ in pending]
+            pending.clear()
+            lr = optimizer_lr_and_d(optimizer, scheduler, group_names)
+            for step, value in zip(steps, values):
+                if not math.isfinite(value):
+                    raise TrainingError(
+                        f"loss became {value} at step {step} (epoch {epoch}); lower the learning rate, "
+                        "or use bf16 instead of fp16 mixed precision (SDXL: also no_half_vae)"
+                    )
+                result.losses.append(value)
+                epoch_losses.append(value)
+                emit(Progress(
+                    "step", step=step, total_steps=total_steps, epoch=epoch,
+                    total_epochs=counts.num_epochs, loss=sum(epoch_losses) / len(epoch_losses), step_loss=value,
+                    lr=lr, elapsed=timer.elapsed, eta=timer.eta(step, total_steps), peak_memory=_peak_memory(device),
+                ))
+
         for epoch in range(1, counts.num_epochs + 1):
             plan.set_epoch(epoch)
             epoch_losses: list[float] = []
+            step_losses: list[torch.Tensor] = []  # this optimizer step's micro-batch losses
             micro = 0
             for batch in plan.batches(epoch):
                 micro += 1
@@ -214,12 +249,7 @@ def train(
                 with amp:
                     loss = _step_loss(config, model, batch, alphas_cumprod, v_pred, train_te, generator,
                                       text_cache, device)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise TrainingError(
-                        f"loss became {value} at step {global_step + 1} (epoch {epoch}); lower the learning rate, "
-                        "or use bf16 instead of fp16 mixed precision (SDXL: also no_half_vae)"
-                    )
+                step_losses.append(loss.detach())
                 loss_for_backward = loss / accum
                 if scaler is not None:
                     scaler.scale(loss_for_backward).backward()
@@ -247,18 +277,15 @@ def train(
                 if config.scale_weight_norms:
                     network.apply_max_norm_regularization(config.scale_weight_norms, device)
                 global_step += 1
-                result.losses.append(value)
-                epoch_losses.append(value)
-                emit(Progress(
-                    "step", step=global_step, total_steps=total_steps, epoch=epoch,
-                    total_epochs=counts.num_epochs, loss=sum(epoch_losses) / len(epoch_losses), step_loss=value,
-                    lr=optimizer_lr_and_d(optimizer, scheduler, group_names), elapsed=timer.elapsed,
-                    eta=timer.eta(global_step, total_steps), peak_memory=_peak_memory(device),
-                ))
+                pending.append((global_step, torch.stack(step_losses).mean()))
+                step_losses = []
+                if len(pending) >= read_every or stop.requested or global_step >= total_steps:
+                    flush()
                 samples.after_step(epoch, global_step)
                 if global_step >= total_steps or stop.requested:
                     break
 
+            flush()
             result.steps, result.epochs = global_step, epoch
             interrupted = stop.requested and global_step < total_steps
             is_last = epoch == counts.num_epochs or global_step >= total_steps
@@ -286,7 +313,7 @@ def train(
         with (_schedule_free_eval(optimizer)() if schedule_free else nullcontext()):
             result.network_state = {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()}
         result.peak_memory = _peak_memory(device)
-        del optimizer, scheduler, trainable, params
+        optimizer = scheduler = trainable = params = None  # free them before the end event
 
     if device.type == "cuda":
         torch.cuda.empty_cache()
