@@ -112,6 +112,7 @@ _KOHYA_SS_ZERO_IS_NONE = {
     "clip_skip", "seed", "min_snr_gamma", "ip_noise_gamma", "min_timestep", "max_timestep", "save_every_n_epochs",
     "save_last_n_epochs", "max_train_steps", "max_train_epochs", "v_pred_like_loss", "scale_weight_norms",
     "network_dropout", "noise_offset", "adaptive_noise_scale", "multires_noise_iterations", "lr_scheduler_power",
+    "sample_every_n_epochs", "sample_every_n_steps",
 }
 # GUI plumbing: launcher, logging, hub upload, sampling layout ... nothing that changes the LoRA
 _KOHYA_SS_GUI_ONLY = {
@@ -124,8 +125,7 @@ _KOHYA_SS_GUI_ONLY = {
     "huggingface_path_in_repo", "save_state_to_huggingface", "resume_from_huggingface", "async_upload",
     "mem_eff_attn", "xformers", "sdpa", "v2", "sdxl", "save_state",
     "save_state_on_train_end", "save_last_n_steps_state", "save_last_n_epochs_state", "noise_offset_type",
-    "huber_schedule", "huber_c", "huber_scale", "sample_sampler", "sample_every_n_steps",
-    "sample_every_n_epochs", "flux1_checkbox", "sd3_checkbox", "unit", "factor", "use_cp", "use_tucker",
+    "huber_schedule", "huber_c", "huber_scale", "flux1_checkbox", "sd3_checkbox", "unit", "factor", "use_cp", "use_tucker",
     "use_scalar", "rank_dropout_scale", "constrain", "rescaled", "train_norm", "decompose_both",
     "train_on_input", "bypass_mode", "dora_wd", "LyCORIS_preset", "t5xxl_lr", "show_timesteps",
     "show_timesteps_resolution", "max_token_length_sd3",
@@ -142,7 +142,6 @@ _KOHYA_SS_UNSUPPORTED = {
     "resume": "resuming a saved training state is not supported; network_weights continues from a LoRA file",
     "save_every_n_steps": "saving every N steps is not supported; use save_every_n_epochs",
     "save_last_n_steps": "save_last_n_steps is not supported; use save_last_n_epochs",
-    "sample_prompts": "sample images during training are not generated; compare the saved epochs in txt2img",
     "noise_offset_random_strength": "noise_offset_random_strength is not supported",
     "ip_noise_gamma_random_strength": "ip_noise_gamma_random_strength is not supported",
     "train_inpainting": "inpainting training is not supported",
@@ -170,15 +169,51 @@ _KOHYA_SS_UNSUPPORTED = {
 
 def import_kohya_ss_json(path) -> tuple[dict[str, Any], list[str]]:
     """Options and notes from a kohya_ss GUI LoRA config (``.json``)."""
-    return kohya_ss_options(_load_json(path))
+    return kohya_ss_options(_load_json(path), source=Path(path))
 
 
-def kohya_ss_options(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def _write_sample_prompts(text: str, data: dict[str, Any], source: Optional[Path]) -> Optional[Path]:
+    """kohya_ss keeps the sample prompts as text and writes them to ``<output_dir>/sample/prompt.txt``
+    when it launches sd-scripts; we write that same file at import (beside the imported config when
+    it names no output_dir). An existing file with other content is left alone: a numbered name is used."""
+    from .fileio import write_atomic
+
+    folder = Path(str(data["output_dir"])) / "sample" if not _empty(data.get("output_dir")) else \
+        (source.parent if source is not None else None)
+    if folder is None:
+        return None
+    target = folder / "prompt.txt"
+    number = 1
+    while target.exists() and target.read_text(encoding="utf-8", errors="replace") != text:
+        number += 1
+        target = folder / f"prompt-{number}.txt"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(target, text.encode("utf-8"))
+    return target
+
+
+def kohya_ss_options(data: dict[str, Any], source: Optional[Path] = None) -> tuple[dict[str, Any], list[str]]:
+    """``source``: the imported file (where the inline sample prompts go when no output_dir is set)."""
     out: dict[str, Any] = {}
     notes: list[str] = []
     gui_only_set: list[str] = []
     data = dict(data)
     handled: set[str] = set()
+
+    # --- sample prompts: inline text in the GUI, a file for sd-scripts -----------------
+    handled.add("sample_prompts")
+    prompts = str(data.get("sample_prompts") or "").strip()
+    sampling_on = not _off(data.get("sample_every_n_epochs")) or not _off(data.get("sample_every_n_steps"))
+    if prompts and sampling_on:
+        written = _write_sample_prompts(prompts + "\n", data, source)
+        if written is not None:
+            out["sample_prompts"] = str(written)
+            notes.append(f"sample_prompts: the GUI's prompt text was written to {written}")
+        else:
+            notes.append("sample_prompts: the GUI's prompt text was not imported (no output_dir to write it to)")
+    elif prompts:
+        notes.append("sample_prompts is set but sample_every_n_epochs and sample_every_n_steps are 0: "
+                     "no samples are drawn (as in kohya_ss)")
 
     def take(key: str, target: Optional[str] = None, value: Any = None) -> None:
         out[target or key] = data[key] if value is None else value
@@ -406,10 +441,6 @@ _EASY_UNSUPPORTED = {
     "save_every_n_steps": "saving every N steps is not supported; use save_every_n_epochs",
     "save_last_n_steps": "save_last_n_steps is not supported; use save_last_n_epochs",
     "fa": "LoRA-FA is not supported; a plain LoRA is trained",
-    "sample_prompts": "sample images during training are not generated; compare the saved epochs in txt2img",
-    "sample_sampler": "sample images during training are not generated",
-    "sample_every_n_epochs": "sample images during training are not generated",
-    "sample_every_n_steps": "sample images during training are not generated",
 }
 _EASY_CUSTOM_OPTIMIZERS = {"came", "compass", "lpfadamw", "rmsprop"}
 # subset keys -> our (global) options; the folder layout carries image_dir / num_repeats / is_reg

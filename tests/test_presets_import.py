@@ -501,3 +501,43 @@ def test_estimate_reads_the_architecture_from_the_checkpoint_header(concept_data
     result = estimate(options)
     assert not result["ok"] and "divisible by 64" in result["error"]
     assert estimate(options, arch="sdxl")["ok"]
+
+
+def test_kohya_ss_inline_sample_prompts_become_kohyas_prompt_file(tmp_path):
+    """kohya_ss keeps sample prompts as text and hands sd-scripts <output_dir>/sample/prompt.txt."""
+    from lora_trainer.config import from_dict
+
+    out_dir = tmp_path / "out"
+    gui = {"output_dir": str(out_dir), "sample_prompts": "a cat --n blurry --w 512 --h 768 --d 5\ndog --s 20",
+           "sample_every_n_epochs": 2, "sample_every_n_steps": 0, "sample_sampler": "euler_a"}
+    source = tmp_path / "c.json"
+    source.write_text(json.dumps(gui))
+    options, notes = import_kohya_ss_json(source)
+    prompt_file = out_dir / "sample" / "prompt.txt"
+    assert options["sample_prompts"] == str(prompt_file)
+    assert prompt_file.read_text(encoding="utf-8") == gui["sample_prompts"] + "\n"
+    assert options["sample_every_n_epochs"] == 2 and "sample_every_n_steps" not in options
+    assert options["sample_sampler"] == "euler_a"
+    assert any(str(prompt_file) in note for note in notes)
+    config, _ = from_dict({**options, "train_data_dir": str(tmp_path)})
+    assert config.sample_every_n_epochs == 2 and config.sample_prompts == str(prompt_file)
+
+    # a second import with other prompts never overwrites the first file
+    gui["sample_prompts"] = "another prompt"
+    source.write_text(json.dumps(gui))
+    options, _ = import_kohya_ss_json(source)
+    assert options["sample_prompts"] == str(out_dir / "sample" / "prompt-2.txt")
+    assert prompt_file.read_text(encoding="utf-8").startswith("a cat")
+
+
+def test_easy_training_sample_args_are_taken(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\n")
+    text = (f'[sample_args.args]\nsample_prompts = "{prompts}"\nsample_sampler = "euler_a"\n'
+            'sample_every_n_epochs = 1\n')
+    path = tmp_path / "easy.toml"
+    path.write_text(text)
+    options, notes = import_easy_training_toml(path)
+    assert options["sample_prompts"] == str(prompts) and options["sample_sampler"] == "euler_a"
+    assert options["sample_every_n_epochs"] == 1
+    assert not any("sample" in note for note in notes)
