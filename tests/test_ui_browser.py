@@ -200,6 +200,11 @@ def test_train_progress_interrupt_in_browser(ui_python, playwright_browser, ui_f
         _input(page, "lora_trainer_train_data_dir").wait_for(state="visible", timeout=120_000)
         # initial poll rendered the (empty) queue read from the manager
         page.wait_for_selector("#lora_trainer_queue .lora-trainer-queue", state="attached")
+        # the three tabs are there; the Compare tab has its LoRA picker (the folder is empty yet)
+        for name in ("Train", "Compare", "Dataset"):
+            assert page.locator("#lora_trainer_main_tabs > .tab-nav button", has_text=name).count() == 1, name
+        page.wait_for_selector("#lora_trainer_compare_family input", state="attached")
+        assert not page.locator("#lora_trainer_compare_epochs").is_visible()
 
         # load the run's settings from a TOML file (the path box and the Load button)
         page.locator("#lora_trainer_config_file").get_by_text("Config file (TOML) and import").first.click()
@@ -258,6 +263,22 @@ def test_train_progress_interrupt_in_browser(ui_python, playwright_browser, ui_f
                                timeout=120_000)
         assert "uitest" in page.inner_text("#lora_trainer_queue")
         assert (lora_dir / ".lora_trainer_queue.json").is_file()
+
+        # after the training, "Compare epochs" opens the Compare tab on its family
+        compare_button = page.locator("#lora_trainer_compare_epochs")
+        compare_button.wait_for(state="visible", timeout=60_000)
+        assert "uitest" in compare_button.inner_text()
+        assert not page.locator("#lora_trainer_compare_family").is_visible()
+        compare_button.click()
+        page.locator("#lora_trainer_compare_family").wait_for(state="visible", timeout=30_000)
+        page.wait_for_function(
+            "() => (document.querySelector('#lora_trainer_compare_family input')||{}).value === 'uitest'")
+        assert page.locator("#lora_trainer_compare_run").is_visible()
+        page.wait_for_function("() => (document.querySelector('#lora_trainer_compare_prompt textarea')||{}).value"
+                               "?.startsWith('uitest, white square')")
+        assert "uitest-000001" in page.inner_text("#lora_trainer_compare_family_info")
+        assert not page.locator("#lora_trainer_compare_send").is_visible()  # no txt2img outside the WebUI
+        page.screenshot(path=str(tmp_path / "ui_compare.png"), full_page=True)
         shot = tmp_path / "ui_after_interrupt.png"
         page.screenshot(path=str(shot), full_page=True)
         try:

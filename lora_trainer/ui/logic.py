@@ -50,6 +50,16 @@ class TabLogic:
     def __init__(self, manager, host=None):
         self.manager = manager
         self.host = host
+        self._compare = None
+
+    @property
+    def compare(self):
+        """The Compare tab's logic (:class:`~lora_trainer.ui.compare_logic.CompareLogic`), made once."""
+        if self._compare is None:
+            from .compare_logic import CompareLogic
+
+            self._compare = CompareLogic(self.manager, self.host)
+        return self._compare
 
     # -- form -----------------------------------------------------------------------------
 
@@ -168,14 +178,21 @@ class TabLogic:
 
     # -- polling --------------------------------------------------------------------------
 
-    def poll(self, signature: Optional[str] = None) -> dict[str, Any]:
+    def poll(self, signature: Optional[str] = None, seen: Optional[str] = None) -> dict[str, Any]:
         """Everything the progress area shows. ``queued_choices`` is None when the list of
-        queued jobs did not change since ``signature`` (so a chosen entry stays chosen)."""
+        queued jobs did not change since ``signature`` (so a chosen entry stays chosen);
+        ``samples`` (the training's sample images as (path, caption)) and ``compare_name``
+        (the finished training whose epochs can be compared, "" for none) are None when they
+        did not change since ``seen`` (so the gallery is not sent again every second)."""
         status = self.manager.status() or {}
         jobs = self.manager.jobs() or []
         queued = [f"{j['id']} ({j.get('name', '')})" for j in jobs if j.get("state") == "queued"]
         new_signature = "|".join(queued)
         log = status.get("log") or []
+        samples = sample_items(status)
+        compare_name = comparable_training(status)
+        old = _load_seen(seen)
+        samples_key = [status.get("id"), [path for path, _ in samples]]
         return {
             "progress": render.progress_html(status),
             "files": render.files_html(status),
@@ -183,4 +200,36 @@ class TabLogic:
             "log": "\n".join(str(line) for line in log[-200:]),
             "queued_choices": None if new_signature == signature else queued,
             "signature": new_signature,
+            "samples": None if old.get("samples") == samples_key else samples,
+            "compare_name": None if old.get("compare") == compare_name else compare_name,
+            "seen": json.dumps({"samples": samples_key, "compare": compare_name}),
         }
+
+
+def sample_items(status: dict[str, Any]) -> list[tuple[str, str]]:
+    """The job's sample images that exist, oldest first, as (path, "epoch N: prompt")."""
+    items = []
+    for sample in status.get("samples") or []:
+        if not isinstance(sample, dict):
+            continue
+        path = sample.get("path")
+        if path and os.path.isfile(str(path)):
+            items.append((str(path), render.sample_caption(sample)))
+    return items
+
+
+def comparable_training(status: dict[str, Any]) -> str:
+    """The output_name of a training that has ended with saved files ("" otherwise)."""
+    if status.get("state") in ("done", "interrupted") and status.get("files"):
+        return str(status.get("name") or "")
+    return ""
+
+
+def _load_seen(seen: Optional[str]) -> dict[str, Any]:
+    if not seen:
+        return {}
+    try:
+        value = json.loads(seen)
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}

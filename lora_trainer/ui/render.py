@@ -1,4 +1,5 @@
-"""HTML for the tab's read-only panels: progress (with the loss chart), files, queue, estimate.
+"""HTML for the tab's read-only panels: progress (with the loss chart), files, queue, estimate,
+and a comparison's epoch suggestion (with its change curve).
 
 Plain HTML strings with inline styles (no CSS file, no Gradio import), so they
 look the same in AUTOMATIC1111, Forge and the standalone app on Gradio 3 and 4,
@@ -107,9 +108,14 @@ def loss_svg(losses: Iterable[float], width: int = 480, height: int = 140, max_p
 
 # Gradio 3 outlines an output that a pending event will update: the polled panels would
 # pulse every second. The rule travels with the progress panel (no CSS file in any host).
+POLLED_IDS = (
+    "lora_trainer_progress", "lora_trainer_files", "lora_trainer_queue", "lora_trainer_log", "lora_trainer_cancel_job",
+    "lora_trainer_samples", "lora_trainer_compare_epochs", "lora_trainer_compare_status", "lora_trainer_compare_grid",
+    "lora_trainer_compare_suggestion", "lora_trainer_publish_epoch",
+)
 QUIET_POLLING_STYLE = (
-    "<style>#lora_trainer_progress .generating,#lora_trainer_files .generating,#lora_trainer_queue .generating,"
-    "#lora_trainer_log .generating,#lora_trainer_cancel_job .generating{border-color:transparent!important;animation:none!important}</style>"
+    "<style>" + ",".join(f"#{elem_id} .generating" for elem_id in POLLED_IDS)
+    + "{border-color:transparent!important;animation:none!important}</style>"
 )
 
 
@@ -240,3 +246,104 @@ def estimate_html(result: dict[str, Any]) -> str:
 def notes_markdown(lines: Iterable[str]) -> str:
     lines = [str(line) for line in lines if str(line).strip()]
     return "\n".join(f"- {line}" for line in lines)
+
+
+# ---------------------------------------------------------------------------- comparison
+
+_VERDICTS = {
+    "settled": ("Suggested", "#2e9e4f"),
+    "settled_at_once": ("Settles at once: probably over-trained", "#d98b00"),
+    "never_settled": ("Never settles", "#d98b00"),
+    "no_effect": ("The LoRA barely changes the image", "#d33"),
+    "single": ("One epoch only", "#888"),
+}
+
+
+def change_svg(curve: Iterable[float], labels: Iterable[str], threshold: float = 0.0, chosen: Optional[int] = None,
+               width: int = 480, height: int = 150) -> str:
+    """The change between consecutive epochs' images as an inline SVG: one point per step
+    (``labels``: "no LoRA -> 1", "1 -> 2", ...), the settle threshold dashed, the step into
+    the suggested epoch (``chosen``, an index into ``curve``) ringed."""
+    values = [float(v) for v in curve]
+    labels = [str(label) for label in labels]
+    names = [label.split("->")[-1].strip() for label in labels]
+    if not values:
+        return '<div id="lora_trainer_change_chart" data-points="0" style="opacity:0.6">no change curve</div>'
+    hi = max(values + [threshold]) * 1.1 or 1.0
+    pad_l, pad_r, pad_t, pad_b = 44, 12, 8, 30
+    w, h = width - pad_l - pad_r, height - pad_t - pad_b
+
+    def x(i: int) -> float:
+        return pad_l + (w * i / (len(values) - 1) if len(values) > 1 else w / 2)
+
+    def y(v: float) -> float:
+        return pad_t + h * (1 - v / hi)
+
+    points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(values))
+    parts = [
+        f'<svg id="lora_trainer_change_chart" data-points="{len(values)}" viewBox="0 0 {width} {height}" '
+        f'width="100%" style="max-width:{width}px;height:auto" xmlns="http://www.w3.org/2000/svg" role="img" '
+        f'aria-label="change between consecutive epochs">',
+        f'<rect x="{pad_l}" y="{pad_t}" width="{w}" height="{h}" fill="none" stroke="currentColor" '
+        f'stroke-opacity="0.25"/>',
+        f'<text x="{pad_l - 4}" y="{pad_t + 9}" font-size="10" text-anchor="end" fill="currentColor">{hi:.3g}</text>',
+        f'<text x="{pad_l - 4}" y="{pad_t + h}" font-size="10" text-anchor="end" fill="currentColor">0</text>',
+    ]
+    if threshold > 0:
+        parts.append(f'<line data-field="threshold" x1="{pad_l}" x2="{pad_l + w}" y1="{y(threshold):.1f}" '
+                     f'y2="{y(threshold):.1f}" stroke="#d98b00" stroke-dasharray="4 3"/>')
+    parts.append(f'<polyline points="{points}" fill="none" stroke="#2b7de9" stroke-width="2"/>')
+    step = max(1, math.ceil(len(values) / 12))  # at most about 12 axis labels
+    for i, v in enumerate(values):
+        ring = i == chosen
+        parts.append(f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="{5 if ring else 3}" '
+                     f'fill="{"#2e9e4f" if ring else "#2b7de9"}"' + (' data-chosen="true"' if ring else "")
+                     + f'><title>{_e(labels[i] if i < len(labels) else "")}: {v:.4f}</title></circle>')
+        if i % step == 0 or ring or i == len(values) - 1:
+            name = names[i] if i < len(names) else str(i + 1)
+            weight = ' font-weight="bold"' if ring else ""
+            parts.append(f'<text x="{x(i):.1f}" y="{pad_t + h + 13}" font-size="10" text-anchor="middle" '
+                         f'fill="currentColor"{weight}>{_e(name)}</text>')
+    parts.append(f'<text x="{pad_l}" y="{height - 3}" font-size="10" fill="currentColor">change into epoch</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def comparison_html(data: dict[str, Any]) -> str:
+    """A comparison's outcome (:meth:`ComparisonResult.as_dict`): the suggestion in words and
+    its change curve, or why there is none."""
+    if not data:
+        return '<div class="lora-trainer-comparison" data-verdict=""></div>'
+    suggestion = data.get("suggestion")
+    head = (f'<div style="opacity:0.75;font-size:0.9em">{_e(data.get("name"))}: {_e(data.get("columns"))} columns '
+            f'× {_e(data.get("rows"))} rows</div>')
+    if not suggestion:
+        why = ("the comparison was interrupted" if data.get("interrupted") else
+               "the rows change something other than the epoch (strengths, checkpoints or the TE/UNet split), "
+               "so no epoch is suggested; pick by eye")
+        return (f'<div class="lora-trainer-comparison" data-verdict="none">{head}'
+                f'<div data-field="reason">No suggestion: {_e(why)}.</div></div>')
+    verdict = str(suggestion.get("verdict") or "")
+    words, colour = _VERDICTS.get(verdict, (verdict, "#888"))
+    epoch = suggestion.get("epoch")
+    file = suggestion.get("file") or ""
+    chosen = suggestion.get("index")
+    chart = change_svg(suggestion.get("curve") or [], suggestion.get("labels") or [],
+                       float(suggestion.get("threshold") or 0.0), chosen if isinstance(chosen, int) else None)
+    return (
+        f'<div class="lora-trainer-comparison" data-verdict="{_e(verdict)}" data-epoch="{_e(epoch)}" '
+        f'data-file="{_e(file)}">{head}'
+        f'<div style="margin:4px 0"><b style="color:{colour}">{_e(words)}</b>: '
+        f'<b data-field="epoch">epoch {_e(epoch)}</b>' + (f' (<code>{_e(file)}</code>)' if file else "") + "</div>"
+        f'<div data-field="reason" style="font-size:0.9em">{_e(suggestion.get("reason"))}</div>'
+        f'<div style="margin-top:6px">{chart}</div>'
+        "</div>"
+    )
+
+
+def sample_caption(sample: dict[str, Any]) -> str:
+    """A training sample's caption in the gallery: "epoch N: prompt"."""
+    prompt = str(sample.get("prompt") or "").strip()
+    epoch = sample.get("epoch")
+    head = f"epoch {epoch}" if epoch not in (None, "") else (f"step {sample.get('step')}" if sample.get("step") else "")
+    return f"{head}: {prompt}" if head and prompt else (head or prompt)

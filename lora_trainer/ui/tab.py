@@ -17,7 +17,11 @@ options (kohya's names), and ``lora_trainer_train``, ``lora_trainer_queue_add``,
 ``lora_trainer_toml_path`` / ``_toml_save`` / ``_toml_load`` / ``_toml_upload`` / ``_toml_file``
 (the saved file, to download), ``lora_trainer_import_path`` / ``_import`` / ``_import_upload``,
 ``lora_trainer_cancel_job`` / ``_cancel``, ``lora_trainer_refresh_button`` (what the WebUI's
-``javascript/lora_trainer.js`` clicks), ``lora_trainer_log``.
+``javascript/lora_trainer.js`` clicks), ``lora_trainer_log``, ``lora_trainer_samples`` (the
+training's sample images), ``lora_trainer_compare_epochs`` (after a training: open its family in
+the Compare tab). The three top-level tabs: ``lora_trainer_tab_train`` / ``_compare`` /
+``_dataset`` (Gradio ids ``train`` / ``compare`` / ``dataset``); the Compare tab's own ids are
+listed in :mod:`lora_trainer.ui.compare_panel`.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import re
 from typing import Any
 
 from . import compare_panel, dataset_panel, render
-from .logic import TabLogic
+from .logic import TabLogic, comparable_training
 from .values import CONTROL_NAMES, CONTROLS, Control, form_list, section_names
 
 POLL_SECONDS = 1.0
@@ -105,8 +109,8 @@ def build_tab(manager, host=None, *, poll_seconds: float | None = POLL_SECONDS):
                                 "the host's LoRA folder"}}
 
     with gr.Blocks(analytics_enabled=False, title="LoRA Trainer") as tab:
-        with gr.Tabs(elem_id="lora_trainer_main_tabs"):
-            with gr.Tab("Train", elem_id="lora_trainer_tab_train"):
+        with gr.Tabs(elem_id="lora_trainer_main_tabs") as main_tabs:
+            with gr.Tab("Train", id="train", elem_id="lora_trainer_tab_train"):
                 with gr.Row():
                     # ---- settings ----------------------------------------------------------------
                     with gr.Column(scale=3):
@@ -163,6 +167,10 @@ def build_tab(manager, host=None, *, poll_seconds: float | None = POLL_SECONDS):
                         progress = gr.HTML(render.progress_html({}), elem_id="lora_trainer_progress")
                         gr.Markdown("**Files**")
                         files = gr.HTML(render.files_html({}), elem_id="lora_trainer_files")
+                        compare_epochs = gr.Button("Compare epochs", visible=False, size="sm",
+                                                   elem_id="lora_trainer_compare_epochs")
+                        samples = gr.Gallery(value=[], label="Samples", visible=False, columns=4, height="auto",
+                                             object_fit="contain", elem_id="lora_trainer_samples")
                         gr.Markdown("**Queue**")
                         queue = gr.HTML(render.queue_html([]), elem_id="lora_trainer_queue")
                         with gr.Row():
@@ -175,22 +183,31 @@ def build_tab(manager, host=None, *, poll_seconds: float | None = POLL_SECONDS):
                             log = gr.Textbox(label="Trainer log", lines=10, max_lines=20, interactive=False,
                                              elem_id="lora_trainer_log")
                         signature = gr.State(None)
-            with gr.Tab("Compare", elem_id="lora_trainer_tab_compare"):
-                compare_panel.build(gr, logic)
-            with gr.Tab("Dataset", elem_id="lora_trainer_tab_dataset"):
+                        seen = gr.State(None)
+            with gr.Tab("Compare", id="compare", elem_id="lora_trainer_tab_compare"):
+                compare = compare_panel.build(gr, logic, major=major)
+            with gr.Tab("Dataset", id="dataset", elem_id="lora_trainer_tab_dataset"):
                 dataset_panel.build(gr, logic)
 
         inputs = [components[name] for name in CONTROL_NAMES]
         assert len(inputs) == len(CONTROLS)
 
         # ---- events ----------------------------------------------------------------------
-        def poll(sig):
-            out = logic.poll(sig)
+        def poll(sig, seen_value, compare_version):
+            out = logic.poll(sig, seen_value)
             choices = out["queued_choices"]
             dropdown = gr.update() if choices is None else gr.update(choices=choices, value=None)
-            return out["progress"], out["files"], out["queue"], out["log"], dropdown, out["signature"]
+            gallery = (gr.update() if out["samples"] is None else
+                       gr.update(value=out["samples"], visible=bool(out["samples"])))
+            name = out["compare_name"]
+            button = (gr.update() if name is None else
+                      gr.update(visible=bool(name), value=f"Compare epochs of {name}" if name else "Compare epochs"))
+            return [out["progress"], out["files"], out["queue"], out["log"], dropdown, out["signature"], gallery,
+                    button, out["seen"]] + compare.poll_updates(compare_version)
 
-        poll_outputs = [progress, files, queue, log, cancel_job, signature]
+        poll_inputs = [signature, seen, compare.poll_state]
+        poll_outputs = [progress, files, queue, log, cancel_job, signature, samples, compare_epochs,
+                        seen] + compare.poll_outputs
         estimate_event = dict(fn=logic.estimate, inputs=inputs, outputs=[estimate], show_progress="hidden")
 
         for name in ESTIMATE_KEYS:
@@ -214,21 +231,28 @@ def build_tab(manager, host=None, *, poll_seconds: float | None = POLL_SECONDS):
         import_upload.upload(logic.import_config, [import_upload] + inputs, inputs + [message]).then(**estimate_event)
 
         for button in (train, queue_add):
-            button.click(logic.submit, inputs, [message]).then(poll, [signature], poll_outputs,
+            button.click(logic.submit, inputs, [message]).then(poll, poll_inputs, poll_outputs,
                                                                show_progress="hidden")
         interrupt.click(logic.interrupt, [interrupt_save], [message])
-        cancel.click(logic.cancel, [cancel_job], [message]).then(poll, [signature], poll_outputs,
+        cancel.click(logic.cancel, [cancel_job], [message]).then(poll, poll_inputs, poll_outputs,
                                                                  show_progress="hidden")
-        refresh.click(poll, [signature], poll_outputs, show_progress="hidden")
+        refresh.click(poll, poll_inputs, poll_outputs, show_progress="hidden")
+
+        def open_compare():
+            name = comparable_training(logic.manager.status() or {})
+            return [gr.update(selected="compare")] + compare.open_family(name)
+
+        compare_epochs.click(open_compare, None, [main_tabs] + compare.open_outputs)
 
         # the queue is the manager's (persisted): read it on every page load, then poll
-        tab.load(poll, [signature], poll_outputs, show_progress="hidden")
+        tab.load(poll, poll_inputs, poll_outputs, show_progress="hidden")
         tab.load(**estimate_event)
+        tab.load(show_progress="hidden", **compare.load)
         if poll_seconds and major >= 4:
             timer = gr.Timer(float(poll_seconds))
-            timer.tick(poll, [signature], poll_outputs, show_progress="hidden")
+            timer.tick(poll, poll_inputs, poll_outputs, show_progress="hidden")
         elif poll_seconds:
-            tab.load(poll, [signature], poll_outputs, show_progress="hidden", every=float(poll_seconds))
+            tab.load(poll, poll_inputs, poll_outputs, show_progress="hidden", every=float(poll_seconds))
 
     tab.lora_trainer_components = components
     tab.lora_trainer_logic = logic
