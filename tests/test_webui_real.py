@@ -64,6 +64,8 @@ pytestmark = pytest.mark.webui
 WEBUI_DIR = os.environ.get("WEBUI_DIR", "").strip()
 if not WEBUI_DIR:
     pytest.skip("WEBUI_DIR is not set: the real-WebUI test is opt-in (docs/webui_test.md)", allow_module_level=True)
+if (Path(WEBUI_DIR).expanduser() / "modules_forge").is_dir():
+    pytest.skip("WEBUI_DIR is a Forge checkout: tests/test_forge_real.py tests it", allow_module_level=True)
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = "lt_webui_test"
@@ -375,6 +377,30 @@ def test_train_then_generate_with_the_lora(webui, dataset):
         image, info = _txt2img(webui, f"sks, circle <lora:{NAME}_{part}:0.8>")
         assert f"{NAME}_{part}:" in info["infotexts"][0], info["infotexts"][0]
         assert image.tobytes() != before.tobytes(), f"the {part}_* keys alone changed nothing in the WebUI"
+
+
+def test_samples_during_training_use_the_webuis_sampler(webui, dataset, tmp_path):
+    """kohya's sample_every_n_epochs, drawn by the WebUI's own txt2img inside the training job; the
+    model is handed back and generation works right after."""
+    before, _ = _txt2img(webui, "sks, circle")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("sks, circle --n lowres --w 64 --h 64 --d 7 --s 4 --l 5\n", encoding="utf-8")
+    body = {**TRAIN_BODY, "train_data_dir": str(dataset), "output_name": NAME + "_samples",
+            "sample_every_n_epochs": 1, "sample_prompts": str(prompts), "sample_sampler": "euler_a"}
+    job_id = webui.ok("POST", "/lora_trainer/v1/train", body)["job_id"]
+    status = _wait_job(webui, job_id)
+    assert status.get("state") == "done", _describe(status, webui)
+    samples = status.get("samples") or []
+    assert [s["epoch"] for s in samples] == [1, 2], samples
+    from PIL import Image
+
+    for entry in samples:
+        path = Path(entry["path"])
+        assert path.is_file() and path.parent.name == "sample", path
+        assert Image.open(path).size == (64, 64)
+        assert entry["prompt"].startswith("sks, circle")
+    after, _ = _txt2img(webui, "sks, circle")
+    assert after.tobytes() == before.tobytes(), "sampling inside the training changed the WebUI's model"
 
 
 def test_the_webui_interrupt_button_stops_the_training(webui, dataset):
