@@ -68,3 +68,18 @@ def test_a_prompt_reads_back_from_its_line():
     q = parse_line(p.to_line())
     assert (q.prompt, q.negative_prompt, q.width, q.height, q.seed, q.steps, q.cfg_scale, q.sampler) == (
         "1girl, sks", "lowres, text", 640, 768, 42, 28, 6.5, "euler_a")
+
+
+def test_the_prompt_text_itself_is_tried_for_options_as_kohya_does():
+    # sd-scripts' line_to_prompt_dict loops over every " --" part, the prompt included
+    p = parse_line("s 20 steps of a staircase --d 3")
+    assert p.prompt == "s 20 steps of a staircase" and p.steps == 20 and p.seed == 3
+    p = parse_line("w 640 wide shot")
+    assert p.width == 640 and not p.ignored and not p.warnings
+
+
+def test_options_for_other_model_families_are_known_not_ignored():
+    p = parse_line("a cat --g 3.5 --ctr 0.2 --rcfg 1 --fs 3 --zz 1")
+    assert p.ignored == ["--zz 1"] and not p.warnings
+    p = parse_line("a cat --ctr abc")
+    assert p.warnings and not p.ignored  # kohya logs the bad value and goes on

@@ -24,9 +24,10 @@ Option letters are case-insensitive and matched at the start of the option, as
 kohya's ``re.match`` does (so ``--w 512px`` is width 512). An option kohya does
 not know is ignored by kohya; here it is kept in :attr:`SamplePrompt.ignored`
 so a caller can warn. A value kohya cannot convert (``--l 1.2.3``) is skipped
-with a warning, as kohya logs and goes on. Older kohya versions also tried the
-option patterns on the prompt text itself (a prompt starting ``w 512`` set the
-width); current ones do not, nor does this reader.
+with a warning, as kohya logs and goes on. Like kohya, the option patterns are
+also tried on the prompt text itself: a prompt starting ``w 512`` sets the width
+(the prompt text is kept as written). kohya's options for other model families
+(``--g`` guidance, ``--ctr``, ``--rcfg``, ``--fs``) are recognised and not used.
 
 ``.toml`` files (``[prompt]`` defaults + ``[[prompt.subset]]`` entries) and
 ``.json`` files (a list of strings in the line syntax, or of dicts with kohya's
@@ -118,6 +119,11 @@ _OPTIONS = (
     ("n", re.compile(r"n (.+)", re.IGNORECASE), "negative_prompt", str),
     ("ss", re.compile(r"ss (.+)", re.IGNORECASE), "sampler", str),
     ("cn", re.compile(r"cn (.+)", re.IGNORECASE), "controlnet_image", str),
+    # kohya's options for flow-matching / distilled models: known, not used for SD1/SDXL
+    ("g", re.compile(r"g ([\d.]+)", re.IGNORECASE), None, float),
+    ("ctr", re.compile(r"ctr (.+)", re.IGNORECASE), None, float),
+    ("rcfg", re.compile(r"rcfg (.+)", re.IGNORECASE), None, float),
+    ("fs", re.compile(r"fs (.+)", re.IGNORECASE), None, str),
 )
 
 
@@ -125,7 +131,9 @@ def parse_line(line: str, number: int = 0) -> SamplePrompt:
     """One prompt line: the prompt, then `` --x value`` options (see the module's table)."""
     parts = line.strip().split(" --")
     result = SamplePrompt(prompt=parts[0], line=number)
-    for part in parts[1:]:
+    # kohya tries the option patterns on every part, the prompt text included: a prompt that
+    # starts "s 20 ..." also sets 20 steps there, and so here
+    for index, part in enumerate(parts):
         for _, pattern, name, convert in _OPTIONS:
             m = pattern.match(part)
             if not m:
@@ -139,7 +147,7 @@ def parse_line(line: str, number: int = 0) -> SamplePrompt:
                 setattr(result, name, value)
             break
         else:
-            if part.strip():
+            if index and part.strip():
                 result.ignored.append("--" + part)
     return result
 
