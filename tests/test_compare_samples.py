@@ -261,10 +261,11 @@ class NoisyHost:
     def __init__(self):
         self.calls = []
 
-    def render_samples(self, model, prompts, out_dir, *, prefix):
+    def render_samples(self, model, prompts, out_dir, *, prefix, sampler, clip_skip):
         lora_applied = any(isinstance(getattr(m.forward, "__self__", None), LoRAModule) for m in model.unet.modules())
         self.calls.append({
             "prefix": prefix, "prompts": prompts, "grad": torch.is_grad_enabled(), "lora": lora_applied,
+            "sampler": sampler, "clip_skip": clip_skip,
             "training": {m.training for m in model.unet.modules()} | {te.model.training for te in model.text_encoders},
         })
         torch.rand(1000), random.random(), np.random.rand(10)
@@ -298,6 +299,7 @@ def test_sampling_leaves_the_training_bit_identical(tiny_checkpoints, dataset, p
     assert all(c["lora"] and not c["grad"] and c["training"] == {False} for c in host.calls)
     first = host.calls[0]["prompts"]
     assert [(p.seed, p.sampler) for p in first] == [(7, "ddim"), (samples.DEFAULT_SEED, "euler_a")]
+    assert {(c["sampler"], c["clip_skip"]) for c in host.calls} == {("ddim", None)}  # the run's own options
 
 
 def test_a_failing_sampler_does_not_end_the_training(tiny_checkpoints, dataset, prompt_file, tmp_path):
@@ -408,7 +410,7 @@ def test_a1111_host_renders_samples_with_the_webuis_txt2img(webui, tiny_checkpoi
     prompts_path.write_text("sks, circle --n blurry --w 100 --h 64 --s 3 --d 7 --l 5\n"
                             "red circle <lora:other:1> --ss k_euler\n", encoding="utf-8")
     config = training(tiny_checkpoints, dataset, tmp_path / "out", sample_every_n_epochs=2,
-                      sample_prompts=str(prompts_path), sample_sampler="euler_a")
+                      sample_prompts=str(prompts_path), sample_sampler="euler_a", clip_skip=2)
     host = A1111Host(log=lambda _m: None)
     state = webui.shared.state
     seen = []
@@ -428,7 +430,7 @@ def test_a1111_host_renders_samples_with_the_webuis_txt2img(webui, tiny_checkpoi
     assert first.kwargs == dict(
         sd_model=webui.shared.sd_model, prompt="sks, circle", negative_prompt="blurry", seed=7, steps=3, width=96,
         height=64, cfg_scale=5.0, sampler_name="Euler a", batch_size=1, n_iter=1, do_not_save_samples=True,
-        do_not_save_grid=True)
+        do_not_save_grid=True, override_settings={"CLIP_stop_at_last_layers": 2})  # the run's CLIP skip
     assert second.kwargs["sampler_name"] == "Euler" and second.kwargs["seed"] == samples.DEFAULT_SEED
     assert second.kwargs["prompt"] == "red circle <lora:other:1>"
     assert all(r["p"].disable_extra_networks and r["p"].closed for r in record)

@@ -140,6 +140,11 @@ class A1111Host:
         root = getattr(paths, "models_path", None) or "models"
         return Path(root) / "Lora"
 
+    def models_dir(self) -> Path:
+        """The WebUI's models folder (``modules.paths.models_path``); the WD14 taggers go under it."""
+        paths = _optional_module("modules.paths")
+        return Path(getattr(paths, "models_path", None) or "models")
+
     def refresh_loras(self) -> None:
         """Re-scan the LoRA folders so the Lora tab and ``<lora:...>`` find new files."""
         networks = lora_extension_module()
@@ -222,7 +227,8 @@ class A1111Host:
 
         return run_comparison(comparison, host=self, save_grid=save_grid)
 
-    def render_samples(self, model: DiffusionModel, prompts, out_dir, *, prefix: str) -> list:
+    def render_samples(self, model: DiffusionModel, prompts, out_dir, *, prefix: str,
+                       sampler: Optional[str] = None, clip_skip: Optional[int] = None) -> list:
         """Samples during training, drawn by the WebUI's own txt2img (``StableDiffusionProcessingTxt2Img``
         + ``process_images``) from inside the running training job: the queue lock is already held and is
         not taken again. The LoRA being trained is applied to the WebUI's own modules, so the WebUI's
@@ -231,12 +237,15 @@ class A1111Host:
         activated (``disable_extra_networks``): the Lora extension must not merge into weights being
         trained. ``process_images`` may move the model's parts (``--medvram``'s hooks) and rewrites
         ``shared.state``'s counters: both are put back. Files: ``out_dir/{prefix}_{i:02d}_{time}_{seed}.png``.
+        The run's ``clip_skip`` goes in as an override of the WebUI's "Clip skip" setting for these
+        images only (the WebUI puts its setting back), as kohya samples with the training's CLIP skip.
         """
         if not _in_job():
             raise RuntimeError("A1111Host.render_samples() runs inside the training job (run_exclusive)")
         from modules import shared
         from modules.processing import StableDiffusionProcessingTxt2Img, process_images
 
+        from ..compare.prompts import DEFAULT_SAMPLER
         from ..compare.samples import DEFAULT_SEED, sample_filename, save_png
 
         sd_model = shared.sd_model
@@ -256,8 +265,9 @@ class A1111Host:
                 p = StableDiffusionProcessingTxt2Img(
                     sd_model=sd_model, prompt=prompt.prompt, negative_prompt=prompt.negative_prompt or "",
                     seed=seed, steps=prompt.steps, width=width, height=height, cfg_scale=prompt.cfg_scale,
-                    sampler_name=prompt.webui_sampler(), batch_size=1, n_iter=1,
+                    sampler_name=prompt.webui_sampler(sampler or DEFAULT_SAMPLER), batch_size=1, n_iter=1,
                     do_not_save_samples=True, do_not_save_grid=True,
+                    override_settings={"CLIP_stop_at_last_layers": int(clip_skip)} if clip_skip else {},
                 )
                 p.disable_extra_networks = True
                 try:

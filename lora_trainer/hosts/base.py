@@ -59,8 +59,9 @@ class Host(Protocol):
 #       plot; standalone: a diffusers pipeline). Never from inside a training job.
 #
 #   render_samples(model: DiffusionModel, prompts: list[compare.prompts.SamplePrompt],
-#                  out_dir: Path, *, prefix: str) -> list[Path]
+#                  out_dir: Path, *, prefix: str, sampler: str, clip_skip: Optional[int]) -> list[Path]
 #       Called by the training loop from inside the training job, with the network
 #       applied to ``model``: render each prompt with the host's own sampler and save
-#       PNGs under ``out_dir``. Must leave ``model`` as it found it (train/eval flags,
-#       RNG state).
+#       PNGs under ``out_dir``. ``sampler`` is the run's kohya sample_sampler (a prompt's
+#       ``--ss`` wins) and ``clip_skip`` the run's (kohya samples with the training's).
+#       Must leave ``model`` as it found it (train/eval flags, RNG state).

@@ -96,7 +96,8 @@ class TrainingSamples:
                     root.eval()
                 render = getattr(self.host, "render_samples", None) if self.host is not None else None
                 if render is not None:
-                    paths = list(render(self.model, list(self.prompts), self.out_dir, prefix=prefix) or [])
+                    paths = list(render(self.model, list(self.prompts), self.out_dir, prefix=prefix,
+                                        sampler=self.config.sample_sampler, clip_skip=self.config.clip_skip) or [])
                 else:
                     paths = samples.render_samples(
                         self.model, self.prompts, self.out_dir, prefix=prefix, sampler=self.config.sample_sampler,
