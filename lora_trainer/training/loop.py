@@ -216,13 +216,14 @@ def train(
         read_every = loss_read_interval(device)
         pending: list[tuple[int, torch.Tensor]] = []  # (optimizer step, its loss on the device)
 
-        def flush() -> None:
+        # flush takes the lrs rather than closing over the optimizer: a closure cell would keep the
+        # optimizer (and its state) alive in a caller's traceback after an exception
+        def flush(lr: dict) -> None:
             if not pending:
                 return
             values = torch.stack([loss for _, loss in pending]).float().cpu().tolist()
             steps = [step for step, _ in pending]
             pending.clear()
-            lr = optimizer_lr_and_d(optimizer, scheduler, group_names)
             for step, value in zip(steps, values):
                 if not math.isfinite(value):
                     raise TrainingError(
@@ -280,12 +281,12 @@ def train(
                 pending.append((global_step, torch.stack(step_losses).mean()))
                 step_losses = []
                 if len(pending) >= read_every or stop.requested or global_step >= total_steps:
-                    flush()
+                    flush(optimizer_lr_and_d(optimizer, scheduler, group_names))
                 samples.after_step(epoch, global_step)
                 if global_step >= total_steps or stop.requested:
                     break
 
-            flush()
+            flush(optimizer_lr_and_d(optimizer, scheduler, group_names))
             result.steps, result.epochs = global_step, epoch
             interrupted = stop.requested and global_step < total_steps
             is_last = epoch == counts.num_epochs or global_step >= total_steps
@@ -313,7 +314,7 @@ def train(
         with (_schedule_free_eval(optimizer)() if schedule_free else nullcontext()):
             result.network_state = {k: v.detach().to("cpu", copy=True) for k, v in network.state_dict().items()}
         result.peak_memory = _peak_memory(device)
-        optimizer = scheduler = trainable = params = None  # free them before the end event
+        del optimizer, scheduler, trainable, params
 
     if device.type == "cuda":
         torch.cuda.empty_cache()
