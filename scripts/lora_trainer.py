@@ -220,13 +220,12 @@ def on_app_started(demo, app):
         dataset_root=_cmd_opt("lora_trainer_dataset_root"),
         get_defaults=config_defaults,
     )
-    from lora_trainer.hosts.detect import FORGE, detect_host
+    # the comparison runner drives the X/Y/Z plot script, which AUTOMATIC1111 and Forge share (axes are
+    # looked up by label); the host runs it as its own job (Forge: on its main thread)
+    from lora_trainer.hosts.a1111_compare import register_routes as register_compare_routes
 
-    if detect_host() != FORGE:  # the comparison runner drives AUTOMATIC1111's X/Y/Z script
-        from lora_trainer.hosts.a1111_compare import register_routes as register_compare_routes
-
-        register_compare_routes(app, get_host=get_host, get_manager=get_manager, api_auth=_cmd_opt("api_auth"),
-                                extra_dirs=lambda: [d for d in [_opt("lora_trainer_output_dir", "")] if d])
+    register_compare_routes(app, get_host=get_host, get_manager=get_manager, api_auth=_cmd_opt("api_auth"),
+                            extra_dirs=lambda: [d for d in [_opt("lora_trainer_output_dir", "")] if d])
 
 
 script_callbacks.on_ui_tabs(on_ui_tabs)

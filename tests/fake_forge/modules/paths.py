@@ -1,0 +1,2 @@
+"""Where the fake Forge keeps its models (tests set it to a tmp folder)."""
+models_path = "models"

@@ -1,0 +1,239 @@
+"""LoRA Trainer inside a real Forge (lllyasviel/stable-diffusion-webui-forge), end to end. Opt-in.
+
+Skipped unless ``WEBUI_DIR`` names a Forge checkout (it has ``modules_forge/`` and
+``backend/``) whose Python environment is ready (docs/forge_test.md: an offline CPU set-up).
+Run with::
+
+    WEBUI_DIR=/work/forge .venv/bin/python -m pytest -m webui tests/test_forge_real.py -v
+
+Against the real Forge process (nothing is faked): ``launch.py`` from ``WEBUI_DIR``
+with ``--api --always-cpu`` on a free 127.0.0.1 port and a fresh ``--data-dir`` in
+pytest's temp folder, this repository symlinked as ``<data dir>/extensions/lora_trainer``
+and the Forge-size tiny SD1 checkpoint (``tiny-checkpoint --forge``: the smallest one
+Forge's model detection accepts) selected with ``--ckpt``. Then:
+
+* the extension is loaded: our route answers and the tab is in the page's config;
+* a first training before any generation (Forge has loaded nothing yet: the adapter loads it);
+* a txt2img baseline, and an image with that LoRA, which Forge merges into its weights;
+* a 2-epoch training through ``POST /lora_trainer/v1/train`` (Forge's Lora folder),
+  polled until done; both files are listed by ``/sdapi/v1/loras``; the same seed gives the
+  baseline image without a LoRA and the merged LoRA's image with it, bit for bit (the model
+  and Forge's merged weights were handed back), and the new LoRA changes the image;
+* the two epochs side by side through ``POST /lora_trainer/v1/compare`` (Forge's X/Y/Z
+  plot, run as a job on its main thread): a grid file, a no-LoRA cell and one cell per epoch.
+
+Environment: ``WEBUI_DIR`` (required), ``WEBUI_PYTHON`` (default ``WEBUI_DIR/venv/bin/python``),
+``WEBUI_ARGS`` (replaces the CPU flags ``--always-cpu --skip-torch-cuda-test``),
+``WEBUI_START_TIMEOUT`` (default 900 s), ``WEBUI_KEEP=1`` (print and keep the data dir).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.webui
+
+WEBUI_DIR = os.environ.get("WEBUI_DIR", "").strip()
+if not WEBUI_DIR:
+    pytest.skip("WEBUI_DIR is not set: the real-Forge test is opt-in (docs/forge_test.md)", allow_module_level=True)
+if not (Path(WEBUI_DIR).expanduser() / "modules_forge").is_dir():
+    pytest.skip(f"WEBUI_DIR={WEBUI_DIR} is not a Forge checkout (no modules_forge/)", allow_module_level=True)
+
+REPO = Path(__file__).resolve().parent.parent
+CPU_ARGS = "--always-cpu --skip-torch-cuda-test"
+START_TIMEOUT = float(os.environ.get("WEBUI_START_TIMEOUT", "900"))
+TRAIN_TIMEOUT = 1800.0
+FINISHED = ("done", "failed", "interrupted", "cancelled")
+NAME = "lt_forge_test"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Forge:
+    """A running Forge process and a tiny JSON client for it."""
+
+    def __init__(self, process, port: int, log_path: Path, data_dir: Path):
+        self.process, self.base, self.log_path, self.data_dir = process, f"http://127.0.0.1:{port}", log_path, data_dir
+
+    def log_tail(self, chars: int = 8000) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def request(self, method: str, path: str, body=None, timeout: float = 1200.0):
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"} if data is not None else {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                status, raw = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        text = raw.decode("utf-8", errors="replace")
+        try:
+            return status, json.loads(text)
+        except ValueError:
+            return status, text
+
+    def ok(self, method: str, path: str, body=None, timeout: float = 1200.0):
+        status, payload = self.request(method, path, body, timeout=timeout)
+        assert status == 200, f"{method} {path} -> {status}: {str(payload)[:2000]}\n--- Forge log ---\n{self.log_tail()}"
+        return payload
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGINT)
+            self.process.wait(timeout=30)
+        except (subprocess.TimeoutExpired, ProcessLookupError, PermissionError):
+            pass
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.process.wait(timeout=30)
+
+
+def _wait_started(forge: Forge) -> None:
+    """Our routes are added by the app_started callback, after /sdapi/ answers; Forge prints
+    "Startup time" once the callbacks have run."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if forge.process.poll() is not None:
+            pytest.fail(f"Forge exited with code {forge.process.returncode} while starting\n{forge.log_tail()}")
+        try:
+            status, _ = forge.request("GET", "/lora_trainer/v1/jobs", timeout=10)
+            if status == 200 or (status == 404 and "Startup time:" in forge.log_tail(10**7)):
+                return
+        except (urllib.error.URLError, ConnectionError, OSError):
+            pass
+        time.sleep(2)
+    pytest.fail(f"Forge did not answer within {START_TIMEOUT:.0f} s\n{forge.log_tail()}")
+
+
+@pytest.fixture(scope="module")
+def forge(tmp_path_factory):
+    forge_dir = Path(WEBUI_DIR).expanduser().resolve()
+    python = Path(os.environ.get("WEBUI_PYTHON", "").strip() or forge_dir / "venv" / "bin" / "python")
+    if not python.exists():
+        pytest.fail(f"no Forge Python at {python}: create its venv (docs/forge_test.md) or set WEBUI_PYTHON")
+    from lora_trainer.models.tiny import write_tiny_checkpoint
+
+    data_dir = tmp_path_factory.mktemp("forge_data")
+    (data_dir / "extensions").mkdir()
+    (data_dir / "extensions" / "lora_trainer").symlink_to(REPO, target_is_directory=True)
+    ckpt = write_tiny_checkpoint("sd1", data_dir / "models" / "Stable-diffusion" / "lt-forge-sd1.safetensors",
+                                 size="forge")["checkpoint"]
+    port = _free_port()
+    args = [str(python), "launch.py", "--data-dir", str(data_dir), "--ckpt", str(ckpt), "--api", "--port", str(port),
+            "--skip-prepare-environment", "--skip-version-check", "--skip-install", "--no-download-sd-model",
+            "--do-not-download-clip", *shlex.split(os.environ.get("WEBUI_ARGS", CPU_ARGS))]
+    env = {k: v for k, v in os.environ.items() if k not in ("COMMANDLINE_ARGS", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               GRADIO_ANALYTICS_ENABLED="False", GRADIO_SERVER_NAME="127.0.0.1",  # loopback only
+               PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
+    env.setdefault("OMP_NUM_THREADS", "2")
+    log_path = data_dir / "forge.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(args, cwd=str(forge_dir), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    running = Forge(process, port, log_path, data_dir)
+    try:
+        _wait_started(running)
+        running.ok("POST", "/sdapi/v1/options", {"live_previews_enable": False})
+        yield running
+    finally:
+        running.stop()
+        if os.environ.get("WEBUI_KEEP"):
+            print(f"\nForge data dir kept: {data_dir} (log: {log_path})")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from conftest import make_images
+
+    root = tmp_path_factory.mktemp("forge_dataset")
+    make_images(root / "4_sks", 4, size=(64, 64), seed=3)
+    return root
+
+
+def _txt2img(forge: Forge, prompt: str) -> tuple[bytes, str]:
+    """(the image's pixels, its infotext) for ``prompt`` at a fixed seed, 2 steps, 64x64."""
+    import io
+
+    from PIL import Image
+
+    body = {"prompt": prompt, "negative_prompt": "", "seed": 1234, "steps": 2, "width": 64, "height": 64,
+            "cfg_scale": 5, "sampler_name": "Euler", "batch_size": 1, "n_iter": 1}
+    out = forge.ok("POST", "/sdapi/v1/txt2img", body)
+    image = Image.open(io.BytesIO(base64.b64decode(out["images"][0])))
+    return image.convert("RGB").tobytes(), json.loads(out["info"]).get("infotexts", [""])[0]
+
+
+def _train(forge: Forge, dataset: Path, name: str, epochs: int) -> dict:
+    body = {"train_data_dir": str(dataset), "output_name": name, "resolution": "64", "min_bucket_reso": 64,
+            "train_batch_size": 2, "network_dim": 4, "network_alpha": 2, "learning_rate": 1e-3,
+            "max_train_epochs": epochs, "save_every_n_epochs": 1, "seed": 1, "trigger_word": "sks"}
+    job_id = forge.ok("POST", "/lora_trainer/v1/train", body)["job_id"]
+    deadline = time.monotonic() + TRAIN_TIMEOUT
+    while time.monotonic() < deadline:
+        status = forge.ok("GET", f"/lora_trainer/v1/status?job_id={job_id}")
+        if status.get("state") in FINISHED:
+            assert status["state"] == "done", f"{status}\n--- Forge log ---\n{forge.log_tail()}"
+            return status
+        time.sleep(2)
+    pytest.fail(f"training {job_id} did not end within {TRAIN_TIMEOUT:.0f} s\n{forge.log_tail()}")
+
+
+def test_extension_loaded(forge):
+    assert forge.ok("GET", "/lora_trainer/v1/jobs") == {"jobs": []}
+    config = json.dumps(forge.ok("GET", "/config"))
+    assert "LoRA Trainer" in config and "could not start" not in config
+    assert "[LoRA Trainer] the tab could not be built" not in forge.log_tail(10**7)
+
+
+def test_train_in_forge_then_compare_the_epochs(forge, dataset):
+    # the first job of a fresh Forge: nothing is loaded yet (FakeInitialModel); the training loads it
+    _train(forge, dataset, "lt_style", epochs=1)
+    assert "Forge had not loaded it yet" in forge.log_tail(10**7)
+    baseline, _ = _txt2img(forge, "sks, circle")
+    # a LoRA Forge merges into its weights before the next training
+    forge.ok("POST", "/sdapi/v1/refresh-loras")
+    styled, info = _txt2img(forge, "sks, circle <lora:lt_style:1>")
+    assert styled != baseline and "lt_style" in info
+
+    status = _train(forge, dataset, NAME, epochs=2)
+    names = sorted(Path(p).name for p in status["files"])
+    assert names == [f"{NAME}-000001.safetensors", f"{NAME}.safetensors"]
+    forge.ok("POST", "/sdapi/v1/refresh-loras")
+    listed = {item["name"] for item in forge.ok("GET", "/sdapi/v1/loras")}
+    assert {f"{NAME}-000001", NAME} <= listed
+    # handed back: Forge's own weights and its merged LoRA give the same images, bit for bit
+    assert _txt2img(forge, "sks, circle <lora:lt_style:1>")[0] == styled
+    assert _txt2img(forge, "sks, circle")[0] == baseline
+    trained, info = _txt2img(forge, f"sks, circle <lora:{NAME}:0.8>")
+    assert trained != baseline and NAME in info
+
+    result = forge.ok("POST", "/lora_trainer/v1/compare", {"name": NAME, "steps": 2, "width": 64, "height": 64,
+                                                          "seed": 1234, "sampler_name": "Euler"})
+    assert result["grid_path"] and Path(result["grid_path"]).is_file(), result
+    assert [cell["file"] for cell in result["cells"]] == [None, f"{NAME}-000001", NAME], result  # no LoRA first
+    assert result["suggestion"] and result["suggestion"]["file"] in (f"{NAME}-000001", NAME), result
