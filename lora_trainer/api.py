@@ -6,6 +6,9 @@ POST     ``/lora_trainer/v1/train``      body: a config with kohya option names,
                                          ``{"config": {...}, "preset": "..."}``. Returns
                                          ``{"job_id": ..., "warnings": [...]}``; a config the
                                          trainer cannot run gives 422 with the message.
+                                         The dataset doctor's findings on train_data_dir
+                                         join the warnings (``dataset: ...``, ``dataset
+                                         error: ...``); they never refuse the job.
 GET      ``/lora_trainer/v1/status``     ``?job_id=`` optional (default: the current job)
 GET      ``/lora_trainer/v1/jobs``       ``{"jobs": [...]}``
 POST     ``/lora_trainer/v1/interrupt``  body ``{"save_current": true}`` (optional): stop the
@@ -150,6 +153,22 @@ def build_router(
 ) -> APIRouter:
     auth = auth_dependency(api_auth)
     router = APIRouter(prefix=prefix, dependencies=[Depends(auth)] if auth else [], tags=["LoRA Trainer"])
+    preflight = None  # the dataset doctor with its cache, made on the first request
+
+    def dataset_warnings(config) -> list[str]:
+        """The doctor's errors and warnings as lines; a caller that wants to be stopped checks them."""
+        nonlocal preflight
+        from .ui.logic import DatasetPreflight, finding_line
+
+        if preflight is None:
+            preflight = DatasetPreflight()
+        try:
+            report = preflight.report(config)
+        except Exception as exc:  # the check is advice: it never costs the caller the job
+            return [f"dataset check could not run: {type(exc).__name__}: {exc}"]
+        root = str(config.train_data_dir)
+        return ([f"dataset error: {finding_line(f, root)}" for f in preflight.blocking(report)]
+                + [f"dataset: {finding_line(f, root)}" for f in preflight.warnings(report)])
 
     @router.post("/train")
     def train(body: dict = Body(...)):
@@ -163,10 +182,11 @@ def build_router(
                 dataset_root=dataset_root,
             )
             config, warnings = from_dict(data)
+            warnings = list(warnings) + dataset_warnings(config)
             job_id = get_manager().submit(config)
         except (ConfigError, ValueError) as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from None
-        return {"job_id": job_id, "warnings": list(warnings)}
+        return {"job_id": job_id, "warnings": warnings}
 
     @router.get("/status")
     def status(job_id: Optional[str] = None):

@@ -215,6 +215,24 @@ def test_the_real_presets_module_is_used_by_default(dataset):
     assert r.status_code == 422 and "unknown preset" in r.json()["detail"]
 
 
+def test_the_dataset_doctor_findings_join_the_warnings_without_refusing(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "data" / "3_sks"
+    folder.mkdir(parents=True)
+    for i, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        Image.new("RGB", (64, 64), colour).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text("sks, thing" if i else "", encoding="utf-8")
+    client, manager = make_client()
+    r = client.post("/lora_trainer/v1/train", json={"train_data_dir": str(tmp_path / "data"), "trigger_word": "sks"})
+    assert r.status_code == 200, r.text
+    warnings = r.json()["warnings"]
+    assert any(w.startswith("dataset error: [empty_caption]") and "`3_sks/0.txt`" in w for w in warnings), warnings
+    assert any(w.startswith("dataset: [too_few_images] 3_sks:") and "20 or more" in w for w in warnings), warnings
+    assert not any("missing_trigger" in w or "steps_" in w for w in warnings), warnings
+    assert len(manager.submitted) == 1  # told, not refused: the caller decides
+
+
 def test_with_the_real_job_manager(dataset, tmp_path):
     """The routes against lora_trainer.jobs.JobManager, on a host whose GPU job blocks
     until the test lets it go (then fails): running / queued / cancel / interrupt."""

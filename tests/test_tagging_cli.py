@@ -63,3 +63,11 @@ def test_single_image_and_rating(tmp_path, capsys):
     assert tag_main([img, "--model-dir", model, "--rating", "--keep-underscores"]) == 0
     text = (tmp_path / "one.txt").read_text(encoding="utf-8")
     assert text.startswith("general, hatsune_miku") and "green_theme" in text
+
+
+def test_a_threshold_outside_0_1_is_a_message(setup, capsys):
+    model, root = setup
+    before = snapshot(root)
+    assert tag_main([str(root), "--model-dir", model, "--general-threshold", "5"]) == 2
+    assert "general threshold must be a score between 0 and 1" in capsys.readouterr().err
+    assert snapshot(root) == before

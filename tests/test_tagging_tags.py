@@ -225,3 +225,46 @@ def test_iter_images_skips_hidden_and_backup_folders(tmp_path):
         Image.new("RGB", (2, 2)).save(p, format="PNG")
     (tmp_path / "1_a" / "notes.gif").write_bytes(b"GIF89a")
     assert list(captions_io.iter_images(tmp_path)) == [str(tmp_path / "1_a" / "x.PNG")]
+
+
+def test_a_regex_replacement_is_checked_against_its_pattern_before_any_file(tmp_path):
+    # re.sub checks \1 / \g<name> / escapes only when a tag matches: here, before anything is read
+    with pytest.raises(ValueError, match=r"has no \(groups\)"):
+        T.compile_replacement("blue", r"\1")
+    with pytest.raises(ValueError, match="2 group"):
+        T.compile_replacement("(b)(l)", r"\3")
+    with pytest.raises(ValueError, match="unknown group name 'y'"):
+        T.compile_replacement("(?P<x>b)", r"\g<y>")
+    with pytest.raises(ValueError, match="literal backslash"):
+        T.compile_replacement("b", "a\\")
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        T.compile_replacement("(", "x")
+    assert T.compile_replacement("(?P<x>b)(l)", r"\g<x>\2\g<0>").pattern == "(?P<x>b)(l)"
+    (tmp_path / "a.txt").write_text("blue eyes, smile", encoding="utf-8")
+    with pytest.raises(ValueError, match="does not fit the pattern"):
+        T.preview([str(tmp_path / "a.txt")], "replace", old="blue", new=r"\1", regex=True)
+    assert T.replace_tags(["blue eyes"], r"^blue (\w+)$", r"azure \1", regex=True) == ["azure eyes"]
+    # a line break put in by the replacement separates tags; it never splits the caption line
+    assert T.replace_tags(["a b", "c"], " ", r"\n", regex=True) == ["a", "b", "c"]
+    preview = T.preview([str(tmp_path / "a.txt")], "replace", old=" ", new="\n", regex=True)
+    assert preview.changes[0].after == "blue, eyes, smile"
+
+
+@pytest.mark.parametrize("text, expected", [("\n", "sks\n"), ("\r\n", "sks\r\n"), ("  \n\n", "sks\n\n"),
+                                            (" , \n", "sks\n"), ("   ", "sks")])
+def test_a_caption_without_tags_is_edited_like_an_empty_one(tmp_path, text, expected):
+    """A caption holding only a blank line gets the tags an operation adds (as a missing or
+    empty one does: the first line, its ending kept); an operation that adds nothing leaves
+    it byte for byte."""
+    assert T.edit_text(text, lambda tags: T.add_tags(tags, "sks")) == expected
+    assert T.edit_text(text, lambda tags: T.move_first(tags, "sks")) == expected
+    for fn in (T.dedupe, lambda tags: T.remove_tags(tags, "x"), T.sort_tags, T.consolidate):
+        assert T.edit_text(text, fn) == text
+    path = tmp_path / "a.txt"
+    path.write_bytes(text.encode("utf-8"))
+    (tmp_path / "a.png").write_bytes(b"")
+    preview = T.preview(str(tmp_path), "trigger_first", trigger=["sks"])
+    assert [c.path for c in preview.changes] == [str(path)] and preview.changes[0].added == ["sks"]
+    T.apply(preview, backup_root=tmp_path)
+    assert path.read_bytes() == expected.encode("utf-8")
+    assert T.preview(str(tmp_path), "add", tags=["sks"]).changes == []  # it has the trigger word now

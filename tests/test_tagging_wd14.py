@@ -503,3 +503,33 @@ def test_dry_run_writes_nothing_and_stop_ends_between_batches(tiny_v3, tmp_path)
     assert stopped.stopped and len(stopped.written) == 1  # one batch (of 1), then stopped
     assert captions_io.undo(stopped.undo).removed == []  # blue.txt (first to do) existed: it is restored
     assert snapshot(root) == original
+
+
+def test_models_root_is_the_hosts_models_folder_or_a_fixed_cache_never_the_working_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("LORA_TRAINER_TAGGER_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert wd14.standalone_models_root() == str(tmp_path / "cache" / "lora_trainer" / "models" / "wd14_tagger")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert wd14.standalone_models_root() == str(tmp_path / "home" / ".cache" / "lora_trainer" / "models" / "wd14_tagger")
+    assert os.path.isabs(wd14.DEFAULT_MODELS_ROOT)  # the same folder from any working directory
+    assert wd14.models_root(tmp_path / "webui" / "models") == str(tmp_path / "webui" / "models" / "wd14_tagger")
+    assert wd14.models_root(None) == wd14.models_root("") == wd14.DEFAULT_MODELS_ROOT
+    monkeypatch.setenv("LORA_TRAINER_TAGGER_DIR", str(tmp_path / "mine"))
+    assert wd14.models_root(tmp_path / "webui" / "models") == str(tmp_path / "mine")
+    # resolve_model_files without a folder looks under models_root()
+    with pytest.raises(wd14.TaggerError, match=str(tmp_path / "mine" / "wd-vit-tagger-v3")):
+        wd14.resolve_model_files("wd-vit-tagger-v3", None, download=False)
+
+
+@pytest.mark.parametrize("options", [TagOptions(general_threshold=1.5), TagOptions(character_threshold=-0.2),
+                                     TagOptions(general_threshold=float("nan"))])
+def test_a_threshold_outside_0_1_stops_before_any_backup_or_write(tiny_v3, tmp_path, options):
+    root = tmp_path / "train"
+    make_dataset(root)
+    original = snapshot(root)
+    with open_tagger(tiny_v3) as tagger:
+        with pytest.raises(wd14.TaggerError, match="threshold must be a score between 0 and 1"):
+            wd14.tag_dataset(root, tagger, mode="overwrite", confirm_overwrite=True, options=options)
+    assert snapshot(root) == original and not (root / captions_io.BACKUP_DIR_NAME).exists()
+    assert TagOptions(general_threshold=0, character_threshold=1).thresholds(None) == (0.0, 1.0)

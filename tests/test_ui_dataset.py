@@ -411,3 +411,131 @@ def test_captions_are_not_edited_while_tagging_runs_on_the_dataset(dataset, logi
     assert snapshot(dataset) == original
     logic._job.state = "done"
     assert logic.apply_batch(root, ".txt", "", "AND", *request)["count"] == 1
+
+
+# --- bad inputs are messages naming the box, never tracebacks ------------------------------------------
+
+
+@pytest.mark.parametrize("find, replace, box, words", [
+    ("blue", r"\1", "Replace with", "no (groups)"),           # re.error: invalid group reference
+    ("(blue)", r"\2", "Replace with", "1 group(s)"),
+    ("blue", r"\g<name>", "Replace with", "unknown group name"),  # IndexError inside re
+    ("blue", "x\\", "Replace with", "literal backslash"),       # re.error: bad escape
+    ("blue(", "x", "Find", "not a valid regular expression"),
+])
+def test_a_bad_regex_replace_is_a_message_naming_the_box(dataset, logic, find, replace, box, words):
+    original = snapshot(dataset)
+    request = batch(operation="Replace", find=find, replace=replace, regex=True)
+    out = logic.preview_batch(str(dataset), ".txt", "", "AND", *request)
+    assert out["message"].startswith(f"**No preview:** {box}:") and words in out["message"], out["message"]
+    assert out["count"] == 0 and out["files"] == []
+    assert "Preview first" in logic.apply_batch(str(dataset), ".txt", "", "AND", *request)["message"]
+    assert snapshot(dataset) == original
+
+
+def test_bad_numbers_and_names_are_messages(dataset, logic):
+    root = str(dataset)
+    for keep in ("inf", "-inf", float("nan"), "two"):
+        out = logic.preview_batch(root, ".txt", "", "AND", *batch(operation="Sort", keep_first=keep))
+        assert "'Keep the first N tags' must be a whole number" in out["message"], keep
+    for percent in ("inf", "nan", -5, 0, 150, "abc", None):
+        out = logic.find_traits(root, ".txt", "3_alice", percent)
+        assert out["choices"] == [] and "must be a number above 0 and up to 100" in out["message"], percent
+    assert logic.find_traits(root, ".txt", "3_alice", "75")["choices"] == [("blonde hair (3/4)", "blonde hair")]
+    for field, value in (("general_threshold", 5), ("general_threshold", -0.1), ("character_threshold", "nan"),
+                         ("character_threshold", "high")):
+        message = logic.start_tagging(root, ".txt", *TagRequest(**{field: value}).values())
+        what = field.split("_")[0]
+        assert message.startswith("**Not started:**") and f"the {what} tag threshold must be a number between 0 and 1" \
+            in message, message
+    message = logic.start_tagging(root, ".txt", *TagRequest(model="wd-no-such-tagger").values())
+    assert message.startswith("**Not started:**") and "unknown tagger model" in message
+    assert logic.tag_status() == {}  # nothing was started
+    assert "type the trigger word" in logic.preview_batch(
+        root, ".txt", "", "AND", *batch(operation="Trigger word first", trigger=" , "))["message"]
+    assert "type the tags" in logic.preview_batch(root, ".txt", "", "AND", *batch(operation="Remove tags", tags=","))[
+        "message"]
+
+
+def test_blank_line_captions_get_the_trigger_word(dataset, logic):
+    """A caption that is only a blank line is no longer skipped: every caption ends up with
+    the trigger word, as the doctor then confirms."""
+    root = str(dataset)
+    (dataset / "3_alice/a2.txt").write_bytes(b"\n")
+    (dataset / "2_bob/b1.txt").write_bytes(b" \r\n")
+    for fields, first in ((dict(operation="Add tags", tags="sks", position="Prepend"), "sks"),
+                          (dict(operation="Trigger word first", trigger="sks"), "sks")):
+        preview = logic.preview_batch(root, ".txt", "", "AND", *batch(**fields))
+        assert cap(dataset, "3_alice/a2") in preview["files"] and cap(dataset, "2_bob/b1") in preview["files"]
+        assert preview["count"] == 6  # every image, the uncaptioned one included
+        logic.apply_batch(root, ".txt", "", "AND", *batch(**fields))
+        now = captions_of(dataset)
+        assert now["3_alice/a2"] == "sks\n" and now["2_bob/b1"] == "sks\r\n"
+        assert all(text.startswith(first) for text in now.values()), now
+        assert 'data-code="missing_trigger"' not in logic.check(root, ".txt", "sks")
+        assert logic.undo_last(root).startswith("Undid")
+        assert (dataset / "3_alice/a2.txt").read_bytes() == b"\n"
+    # an operation that adds nothing leaves a blank caption as it is (not emptied: kohya stops on empty files)
+    assert cap(dataset, "3_alice/a2") not in logic.preview_batch(
+        root, ".txt", "", "AND", *batch(operation="Remove tags", tags="smile"))["files"]
+
+
+# --- the WebUI's models folder, the Train tab's folder --------------------------------------------------
+
+
+class ModelsHost:
+    def __init__(self, models_dir):
+        self._models_dir = models_dir
+
+    def models_dir(self):
+        if isinstance(self._models_dir, Exception):
+            raise self._models_dir
+        return self._models_dir
+
+
+def test_tagger_models_go_under_the_hosts_models_folder(tmp_path, dataset, monkeypatch):
+    from lora_trainer.tagging import wd14
+
+    monkeypatch.delenv("LORA_TRAINER_TAGGER_DIR", raising=False)
+    webui_models = tmp_path / "webui" / "models"
+    logic = DatasetLogic(ModelsHost(webui_models), cache_dir=str(tmp_path / "thumbs"))
+    assert logic.tagger_models_root == str(webui_models / "wd14_tagger")
+    # the run looks there when no folder is typed (here: not downloaded, so it says where it looked)
+    assert "started" in logic.start_tagging(str(dataset), ".txt", *TagRequest(download=False).values())
+    status = logic.wait_tagging(timeout=60)
+    assert status["state"] == "failed"
+    assert str(webui_models / "wd14_tagger" / "wd-swinv2-tagger-v3") in status["message"]
+    # a host without models_dir() (or one that cannot tell): the standalone default, never the working dir
+    assert DatasetLogic(object()).tagger_models_root == wd14.DEFAULT_MODELS_ROOT
+    assert DatasetLogic(ModelsHost(RuntimeError("not set up"))).tagger_models_root == wd14.DEFAULT_MODELS_ROOT
+    assert DatasetLogic(None).tagger_models_root == wd14.DEFAULT_MODELS_ROOT
+    monkeypatch.setenv("LORA_TRAINER_TAGGER_DIR", str(tmp_path / "mine"))
+    assert logic.tagger_models_root == str(tmp_path / "mine")  # the user's override wins
+
+
+def test_a1111_host_names_the_webuis_models_folder(tmp_path, monkeypatch):
+    fake_webui = pytest.importorskip("fake_webui")
+    from lora_trainer.hosts.a1111 import A1111Host
+
+    monkeypatch.delenv("LORA_TRAINER_TAGGER_DIR", raising=False)
+    fake_webui.install(monkeypatch, tmp_path / "elsewhere" / "Lora", models_path=tmp_path / "webui" / "models")
+    try:
+        host = A1111Host(log=lambda _m: None)
+        assert host.models_dir() == tmp_path / "webui" / "models"
+        assert DatasetLogic(host).tagger_models_root == str(tmp_path / "webui" / "models" / "wd14_tagger")
+    finally:
+        fake_webui.uninstall()
+
+
+def test_the_folder_box_follows_the_train_tab_until_the_user_types_their_own():
+    from lora_trainer.ui.dataset_logic import follow_train_folder
+
+    box, followed = follow_train_folder("/data/a", "/data/start", "/data/start")  # still the initial value
+    assert (box, followed) == ("/data/a", "/data/a")
+    assert follow_train_folder("/data/b", box, followed) == ("/data/b", "/data/b")
+    assert follow_train_folder("/data/c", "", "/data/b") == ("/data/c", "/data/c")  # empty box: fills it
+    # the user typed another folder: it stays, whatever the Train tab does
+    assert follow_train_folder("/data/d", "/mine", "/data/c") == ("/mine", "/data/c")
+    assert follow_train_folder("", "/mine", "/data/c") == ("/mine", "/data/c")
+    # cleared again: follows again
+    assert follow_train_folder("/data/e", "  ", "/data/c") == ("/data/e", "/data/e")

@@ -331,6 +331,81 @@ def test_train_validates_then_submits(small_dataset):
     assert "queued after the running job" in message
 
 
+def _doctor_dataset(root: Path) -> Path:
+    """4 images (under the 20 the doctor asks for), one caption without the trigger word."""
+    from conftest import make_images
+
+    make_images(root / "2_sks", 4)
+    (root / "2_sks" / "img_003.txt").write_text("circle, red", encoding="utf-8")
+    return root
+
+
+def test_train_runs_the_dataset_doctor_and_its_errors_block(tmp_path):
+    root = _doctor_dataset(tmp_path / "train")
+    (root / "2_sks" / "img_001.txt").write_bytes(b"")  # an empty caption: kohya (and we) stop on it
+    manager = FakeManager()
+    logic = TabLogic(manager, FakeHost())
+    form = default_form(train_data_dir=str(root), output_name="mine", resolution="64", trigger_word="sks")
+    for _ in range(2):  # Train and Add to queue: the same check
+        message = logic.submit(*form_list(form))
+        assert message.startswith("**Not queued:** the dataset check found 1 problem(s)"), message
+        assert "[empty_caption]" in message and "`2_sks/img_001.txt`" in message and "fix: write captions" in message
+        assert "too_few_images" not in message  # only what stops the training blocks it
+        assert manager.submitted == []
+    (root / "2_sks" / "img_001.txt").write_text("sks, circle", encoding="utf-8")
+    message = logic.submit(*form_list(form))
+    assert "**mine** started" in message and len(manager.submitted) == 1
+    # the warnings are told, the job is submitted anyway
+    assert "dataset: [too_few_images] 2_sks: 4 image(s); 20 or more" in message
+    assert "dataset: [missing_trigger] 1 caption(s) do not contain the trigger word 'sks' (`2_sks/img_003.txt`)" \
+        in message
+    assert "steps_" not in message  # the estimate panel shows the steps with the real length
+
+
+def test_the_dataset_doctor_is_cached_by_the_folders_listing(tmp_path, monkeypatch):
+    from lora_trainer.dataset import doctor
+
+    root = _doctor_dataset(tmp_path / "train")
+    calls = []
+    real = doctor.check_dataset
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("train_dir", args[0] if args else None))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(doctor, "check_dataset", counting)
+    manager = FakeManager()
+    logic = TabLogic(manager, FakeHost())
+    form = default_form(train_data_dir=str(root), output_name="mine", resolution="64", trigger_word="sks")
+    first = logic.submit(*form_list(form))
+    second = logic.submit(*form_list(form))
+    assert len(calls) == 1 and first.split("\n", 1)[1] == second.split("\n", 1)[1]  # same findings, one scan
+    caption = root / "2_sks" / "img_003.txt"
+    caption.write_text("sks, circle", encoding="utf-8")
+    os.utime(caption, ns=(caption.stat().st_atime_ns, caption.stat().st_mtime_ns + 10 ** 9))  # coarse clocks
+    third = logic.submit(*form_list(form))
+    assert len(calls) == 2 and "missing_trigger" not in third  # an edited caption: checked again
+    logic.submit(*form_list(dict(form, trigger_word="other")))
+    assert len(calls) == 3  # other settings: checked again
+    (root / "2_sks" / "img_009.png").write_bytes((root / "2_sks" / "img_000.png").read_bytes())
+    assert "near_duplicate" in logic.submit(*form_list(form)) and len(calls) == 4  # a new file
+    assert len(manager.submitted) == 5
+
+
+def test_a_failing_dataset_check_never_stops_the_training(small_dataset, monkeypatch):
+    from lora_trainer.dataset import doctor
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(doctor, "check_dataset", broken)
+    manager = FakeManager()
+    message = TabLogic(manager, FakeHost()).submit(*form_list(default_form(train_data_dir=str(small_dataset),
+                                                                            output_name="mine", resolution="64")))
+    assert "started" in message and "dataset check could not run (RuntimeError: boom)" in message
+    assert len(manager.submitted) == 1
+
+
 def test_interrupt_and_cancel_reach_the_manager():
     manager = FakeManager()
     logic = TabLogic(manager, FakeHost())
@@ -519,3 +594,29 @@ def test_gradio_event_functions_fill_every_component(tmp_path):
     assert len(out) == len(tab.lora_trainer_components) + 1
     message, written = logic.save_toml(str(tmp_path / "a.toml"), *out[:-1])
     assert logic.load_toml(written, *values)[:-1] == out[:-1]
+
+
+@needs_gradio
+def test_gradio_dataset_folder_box_follows_train_data_dir():
+    """The Train tab's train_data_dir drives the Dataset tab's folder box (dataset_logic.follow_train_folder)."""
+    from lora_trainer.ui.tab import build_tab
+
+    tab = build_tab(FakeManager(), FakeHost())
+    config = _blocks_config(tab)
+    ids = {c["id"]: c.get("props", {}).get("elem_id") for c in config["components"]}
+    found = []
+    for index, dep in enumerate(config["dependencies"]):
+        # Gradio 3: targets [id] + trigger; Gradio 4: targets [[id, trigger]]
+        targets = [(t[0], t[1]) if isinstance(t, (list, tuple)) else (t, dep.get("trigger")) for t in dep["targets"]]
+        if ("lora_trainer_train_data_dir", "change") in [(ids.get(i), trigger) for i, trigger in targets]:
+            found.append((index, dep))
+    assert len(found) == 1, found
+    index, dep = found[0]
+    assert [ids.get(i) for i in dep["outputs"]][0] == "lora_trainer_ds_folder"
+    assert [ids.get(i) for i in dep["inputs"]][:2] == ["lora_trainer_train_data_dir", "lora_trainer_ds_folder"]
+    fns = tab.fns
+    fn = (fns[index] if isinstance(fns, list) else fns[dep.get("id", index)]).fn
+    assert fn("/data/a", "", "") == ("/data/a", "/data/a")
+    assert fn("/data/b", "/data/a", "/data/a") == ("/data/b", "/data/b")
+    box, followed = fn("/data/c", "/mine", "/data/b")  # the user's own folder stays
+    assert followed == "/data/b" and not isinstance(box, str)  # an update that leaves the box as it is

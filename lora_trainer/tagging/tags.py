@@ -94,6 +94,7 @@ NEGATIONS = frozenset(["no", "without", "not"])
 _ESCAPE = re.compile(r"([\\()])")  # the WebUI's own rule (modules/deepbooru.py re_special)
 _UNESCAPE = re.compile(r"\\([\\()])")
 _SPACES = re.compile(r"\s+")
+_LINE_BREAKS = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]")  # what str.splitlines() splits on
 
 
 # --- single tags ------------------------------------------------------------------
@@ -184,14 +185,41 @@ def replace_tags(tags: Sequence[str], old: str, new: str, regex: bool = False) -
     replacement are dropped."""
     out: list[str] = []
     if regex:
-        pattern = re.compile(old)
+        pattern = compile_replacement(old, new)
         for tag in tags:
-            out.extend(parse_tags(pattern.sub(new, tag)))
+            # a line break in the result (``\n`` in ``new``) would split the caption line: a separator
+            out.extend(parse_tags(_LINE_BREAKS.sub(",", pattern.sub(new, tag))))
     else:
         key = normalize_tag(old)
         for tag in tags:
             out.extend(parse_tags(new) if normalize_tag(tag) == key else [tag])
     return dedupe(out) if out != list(tags) else out
+
+
+def compile_replacement(pattern: str, replacement: str) -> "re.Pattern[str]":
+    """The compiled ``pattern``, once ``replacement`` is known to be a valid template for it.
+
+    ``re.sub`` checks a replacement's group references (``\\1``, ``\\g<name>``) and
+    escapes only when a tag matches, so a bad one would fail half-way through a
+    dataset; here it fails before any caption is read. Raises ``ValueError``
+    naming which of the two is wrong."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"the pattern {pattern!r} is not a valid regular expression: {exc}") from None
+    # a pattern with the same groups that matches "" lets expand() check the template
+    names = {index: name for name, index in compiled.groupindex.items()}
+    shape = "".join(f"(?P<{names[i]}>)" if i in names else "()" for i in range(1, compiled.groups + 1))
+    try:
+        re.compile(shape).match("").expand(replacement)
+    except (re.error, IndexError) as exc:
+        groups = (f"the pattern has {compiled.groups} group(s): refer only to those (\\1, \\g<name>)"
+                  if compiled.groups else "the pattern has no (groups), so \\1 or \\g<name> cannot be used")
+        raise ValueError(
+            f"the replacement {replacement!r} does not fit the pattern {pattern!r} ({exc}); {groups}, "
+            "and a literal backslash is written \\\\"
+        ) from None
+    return compiled
 
 
 def sort_tags(tags: Sequence[str], keep_first: int = 0) -> list[str]:
@@ -369,11 +397,21 @@ def _decode(path: str, raw: bytes) -> str:
 def edit_text(text: Optional[str], fn: Callable[[list[str]], list[str]]) -> str:
     """Apply ``fn`` to the tags of each non-empty line; lines whose tags do not
     change stay byte-identical, and line endings are kept. A missing caption
-    (None) counts as one empty line."""
+    (None) counts as one empty line, and so does a caption with no tags at all
+    (``"\\n"``, blanks): an operation that gives tags writes them on its first
+    line (its line ending and any further lines kept), so "add" and "trigger
+    first" reach every caption; one that gives none leaves it as it is."""
     if text is None or text == "":
         return join_tags(fn([]))
+    lines = text.splitlines(keepends=True)
+    if not any(parse_tags(line) for line in lines):
+        new = list(fn([]))
+        if not new:
+            return text
+        first = lines[0]
+        return join_tags(new) + first[len(first.rstrip("\r\n")):] + "".join(lines[1:])
     out = []
-    for line in text.splitlines(keepends=True):
+    for line in lines:
         body = line.rstrip("\r\n")
         ending = line[len(body):]
         tags = parse_tags(body)
@@ -458,7 +496,7 @@ def _op_remove(tags=()):
 
 def _op_replace(old, new="", regex=False):
     if regex:
-        re.compile(old)  # a bad pattern fails here, before any file is read
+        compile_replacement(old, new)  # a bad pattern or replacement fails here, before any file is read
     return lambda t: replace_tags(t, old, new, regex)
 
 
@@ -530,6 +568,7 @@ __all__ = [
     "add_tags",
     "apply",
     "caption_targets",
+    "compile_replacement",
     "consolidate",
     "consolidation",
     "dedupe",

@@ -6,6 +6,12 @@ A model is two files, ``model.onnx`` and ``selected_tags.csv``
 in ``<models_root>/<model name>/``, downloading them there from the model's
 Hugging Face repository on first use (``huggingface_hub.hf_hub_download``).
 
+The models root (:func:`models_root`): ``$LORA_TRAINER_TAGGER_DIR`` when set;
+inside a WebUI ``<WebUI models folder>/wd14_tagger`` (the host's ``models_dir()``,
+beside ``Stable-diffusion`` and ``Lora``); otherwise (the CLI, the standalone
+app) ``~/.cache/lora_trainer/models/wd14_tagger`` (``$XDG_CACHE_HOME`` instead of
+``~/.cache`` when set), a fixed place whatever the working directory.
+
 :class:`WD14Tagger` is a context manager around the onnxruntime session
 (CUDAExecutionProvider when onnxruntime has it, CPU otherwise); leaving the
 ``with`` block drops the session, so its GPU memory goes back to generation.
@@ -48,7 +54,29 @@ MODEL_FILE = "model.onnx"
 TAGS_FILE = "selected_tags.csv"
 RATING, GENERAL, CHARACTER = 9, 0, 4
 MODES = ("if-empty", "append", "overwrite")
-DEFAULT_MODELS_ROOT = os.environ.get("LORA_TRAINER_TAGGER_DIR", os.path.join("models", "wd14_tagger"))
+TAGGER_FOLDER = "wd14_tagger"  # the taggers' folder under a models folder
+
+
+def standalone_models_root() -> str:
+    """``~/.cache/lora_trainer/models/wd14_tagger`` (``$XDG_CACHE_HOME`` for ``~/.cache``):
+    absolute, so the CLI finds a downloaded model again from any working directory."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "lora_trainer", "models", TAGGER_FOLDER)
+
+
+DEFAULT_MODELS_ROOT = os.environ.get("LORA_TRAINER_TAGGER_DIR") or standalone_models_root()
+
+
+def models_root(host_models_dir: Optional[Union[str, os.PathLike]] = None) -> str:
+    """Where models are looked for and downloaded: ``$LORA_TRAINER_TAGGER_DIR`` when set,
+    else ``<host_models_dir>/wd14_tagger`` (a WebUI's models folder), else
+    :data:`DEFAULT_MODELS_ROOT`."""
+    env = os.environ.get("LORA_TRAINER_TAGGER_DIR")
+    if env:
+        return env
+    if host_models_dir:
+        return os.path.join(os.fspath(host_models_dir), TAGGER_FOLDER)
+    return DEFAULT_MODELS_ROOT
 
 
 class TaggerError(RuntimeError):
@@ -140,13 +168,13 @@ def resolve_model_files(
     """``(model.onnx path, selected_tags.csv path, the model's spec or None)``.
 
     ``model_dir`` holding both files is used as it is (offline, whatever
-    ``model`` says). Otherwise it is the models root (default
-    :data:`DEFAULT_MODELS_ROOT`, or ``$LORA_TRAINER_TAGGER_DIR``) and the files
+    ``model`` says). Otherwise it is the models root (default :func:`models_root`:
+    ``$LORA_TRAINER_TAGGER_DIR`` or :data:`DEFAULT_MODELS_ROOT`) and the files
     are looked for in ``<root>/<model name>/``, downloaded there when missing
     and ``download`` is true.
     """
     spec = get_model(model) if model else None
-    root = os.fspath(model_dir) if model_dir else DEFAULT_MODELS_ROOT
+    root = os.fspath(model_dir) if model_dir else models_root()
     if _has_files(root):
         if spec is None:  # a folder named like a known model tells its defaults
             spec = next((m for m in MODELS.values() if m.name == os.path.basename(os.path.normpath(root)).lower()), None)
@@ -201,9 +229,20 @@ class TagOptions:
     escape: bool = False  # \( \) for WebUI prompts
 
     def thresholds(self, spec: Optional[TaggerModel]) -> tuple[float, float]:
+        """(general, character); a TaggerError for one that is not a score (0-1): a threshold
+        above 1 would silently write empty captions, one below 0 every tag."""
         g = self.general_threshold if self.general_threshold is not None else (spec.general_threshold if spec else 0.35)
         c = self.character_threshold if self.character_threshold is not None else (spec.character_threshold if spec else 0.85)
-        return float(g), float(c)
+        out = []
+        for what, value in (("general", g), ("character", c)):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = float("nan")
+            if not 0.0 <= number <= 1.0:  # False for nan too
+                raise TaggerError(f"the {what} threshold must be a score between 0 and 1, not {value!r}")
+            out.append(number)
+        return out[0], out[1]
 
 
 def format_tag(name: str, replace_underscores: bool = True, escape: bool = False) -> str:
@@ -457,6 +496,7 @@ def tag_dataset(
     """
     if mode not in MODES:
         raise TaggerError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    (options or TagOptions()).thresholds(tagger.spec)  # a bad threshold stops here, before any backup
     root = os.fspath(root)
     if not os.path.exists(root):
         raise TaggerError(f"{root} does not exist")
@@ -542,6 +582,7 @@ __all__ = [
     "TagOptions",
     "TagRunResult",
     "TaggerError",
+    "TAGGER_FOLDER",
     "TaggerModel",
     "WD14Tagger",
     "choose_providers",
@@ -549,8 +590,10 @@ __all__ = [
     "format_tag",
     "get_model",
     "load_labels",
+    "models_root",
     "parse_tags",
     "resolve_model_files",
     "select_tags",
+    "standalone_models_root",
     "tag_dataset",
 ]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import tempfile
 import threading
@@ -189,10 +190,59 @@ class ImageItem:
         return " | ".join(lines) if lines else "(empty caption)"
 
 
+def _number(value: Any, what: str, low: float, high: float, low_open: bool = False) -> float:
+    """A box's number within ``[low, high]`` (``(low, high]`` with ``low_open``), or a
+    DatasetInputError naming the box."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    inside = (low < number if low_open else low <= number) and number <= high  # False for nan
+    if not inside:
+        bounds = f"above {low:g} and up to {high:g}" if low_open else f"between {low:g} and {high:g}"
+        raise DatasetInputError(f"{what} must be a number {bounds}, not {value!r}")
+    return number
+
+
+def _percent(value: Any) -> float:
+    return _number(value, "'In at least this % of its images'", 0, 100, low_open=True)
+
+
+def _threshold(value: Any, what: str) -> Optional[float]:
+    """A tagging threshold box: empty means the model's default."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return _number(value, what, 0.0, 1.0)
+
+
 def clean_folder(text: Any) -> str:
     """A folder typed or pasted into a box: blanks and surrounding quotes dropped, ``~`` expanded."""
     value = str(text or "").strip().strip('"').strip("'").strip()
     return os.path.abspath(os.path.expanduser(value)) if value else ""
+
+
+def follow_train_folder(train_dir: Any, box: Any, followed: Any) -> tuple[str, str]:
+    """The Dataset tab's folder box after the Train tab's ``train_data_dir`` changed, as
+    ``(box, followed)``; ``followed`` is what the box last took from the Train tab. The box
+    follows while it is empty or still holds that value; a folder the user typed there
+    stays (clearing the box makes it follow again)."""
+    train = str(train_dir or "").strip()
+    current = str(box or "").strip()
+    if not current or current == str(followed or "").strip():
+        return train, train
+    return str(box), str(followed or "")
+
+
+def host_models_dir(host) -> Optional[str]:
+    """The host's models folder (``host.models_dir()``, a WebUI's ``models``), None without one."""
+    get = getattr(host, "models_dir", None)
+    if get is None:
+        return None
+    try:
+        value = get()
+    except Exception:  # a host that cannot tell (WebUI paths not set up): the standalone default
+        return None
+    return os.fspath(value) if value else None
 
 
 def clean_extension(text: Any) -> str:
@@ -402,6 +452,15 @@ class DatasetLogic:
         self._undo: dict[str, list[UndoRecord]] = {}  # dataset -> records, last one last
         self._job: Optional[TagJob] = None
 
+    @property
+    def tagger_models_root(self) -> str:
+        """Where WD14 models are looked for and downloaded when the "Local model folder" box is
+        empty: ``<the host's models folder>/wd14_tagger`` inside a WebUI, else the standalone
+        default (:func:`lora_trainer.tagging.wd14.models_root`)."""
+        from ..tagging.wd14 import models_root
+
+        return models_root(host_models_dir(self.host))
+
     # -- helpers ------------------------------------------------------------------------------
 
     @staticmethod
@@ -543,22 +602,30 @@ class DatasetLogic:
             find = str(request.find or "").strip()
             if not find:
                 raise DatasetInputError("type the tag to replace (or, with Regex, the pattern)")
+            new = str(request.replace or "")
             if request.regex:
                 import re
+
+                from ..tagging.tags import compile_replacement
 
                 try:
                     re.compile(find)
                 except re.error as exc:
-                    raise DatasetInputError(f"the pattern {find!r} is not a valid regular expression: {exc}") from None
-            return [i.path for i in items], key, {"old": find, "new": str(request.replace or ""),
-                                                  "regex": bool(request.regex)}
+                    raise DatasetInputError(f"Find: the pattern {find!r} is not a valid regular expression: "
+                                            f"{exc}") from None
+                try:
+                    compile_replacement(find, new)
+                except ValueError as exc:
+                    raise DatasetInputError(f"Replace with: {exc}") from None
+            return [i.path for i in items], key, {"old": find, "new": new, "regex": bool(request.regex)}
         if key == "dedupe":
             return [i.path for i in items], key, {}
         if key == "sort":
             try:
                 keep = int(float(request.keep_first or 0))
-            except (TypeError, ValueError):
-                raise DatasetInputError(f"'keep first' must be a whole number, not {request.keep_first!r}") from None
+            except (TypeError, ValueError, OverflowError):  # OverflowError: "inf"
+                raise DatasetInputError(f"'Keep the first N tags' must be a whole number, not "
+                                        f"{request.keep_first!r}") from None
             return [i.path for i in items], key, {"keep_first": max(keep, 0)}
         if key == "trigger_first":
             trigger = parse_tags(request.trigger)
@@ -591,8 +658,12 @@ class DatasetLogic:
             ext = clean_extension(caption_extension)
             targets, name, kwargs = self._batch_targets(root, ext, filter_text, filter_mode, request)
             preview = T.preview(targets, name, ext, **kwargs) if targets else T.Preview(name, [], 0)
-        except (DatasetInputError, CaptionIOError) as exc:
+        except (DatasetInputError, CaptionIOError, ValueError) as exc:
+            # ValueError: what the tag operations reject (checked above already; never a traceback)
             return {"message": f"**No preview:** {exc}", "html": "", "files": [], "count": 0, "scanned": 0}
+        except OSError as exc:
+            text = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
+            return {"message": f"**No preview:** {text}", "html": "", "files": [], "count": 0, "scanned": 0}
         preview.operation = describe(request.key, kwargs, request)
         with self._lock:
             self._previews[os.path.realpath(root)] = (self._signature(root, ext, filter_text, filter_mode, request),
@@ -677,8 +748,8 @@ class DatasetLogic:
         try:
             root = self._dataset(folder)
             ext = clean_extension(caption_extension)
-            fraction = float(percent) / 100.0
-        except (DatasetInputError, TypeError, ValueError) as exc:
+            fraction = _percent(percent) / 100.0
+        except DatasetInputError as exc:
             return {"choices": [], "message": f"**No traits:** {exc}"}
         concept = str(concept or "").strip()
         items = [i for i in scan_items(root, ext) if i.concept == concept]
@@ -711,24 +782,21 @@ class DatasetLogic:
         if mode == "overwrite" and not request.confirm_overwrite:
             return ("**Not started:** Overwrite replaces every existing caption. Tick *Yes, overwrite* to confirm "
                     "(each caption is backed up first), or choose If empty / Append.")
-        from ..tagging.wd14 import DEFAULT_MODEL, TagOptions
-
-        def threshold(value: Any) -> Optional[float]:
-            if value is None or value == "":
-                return None
-            return float(value)
+        from ..tagging.wd14 import DEFAULT_MODEL, TaggerError, TagOptions, get_model
 
         try:
+            if str(request.model or "").strip():
+                get_model(str(request.model))
             options = TagOptions(
-                general_threshold=threshold(request.general_threshold),
-                character_threshold=threshold(request.character_threshold),
+                general_threshold=_threshold(request.general_threshold, "the general tag threshold"),
+                character_threshold=_threshold(request.character_threshold, "the character tag threshold"),
                 include_rating=not request.exclude_rating,
                 exclude=parse_tags(request.exclude),
                 replace_underscores=not request.keep_underscores,
                 escape=bool(request.escape),
             )
-        except (TypeError, ValueError) as exc:
-            return f"**Not started:** thresholds must be numbers between 0 and 1 ({exc})."
+        except (DatasetInputError, TaggerError) as exc:
+            return f"**Not started:** {exc}."
         with self._lock:
             if self._job is not None and self._job.active:
                 return f"**Not started:** tagging is already running on `{self._job.folder}`."
@@ -748,7 +816,8 @@ class DatasetLogic:
         tagger = None
         try:
             job.message = "loading the model"
-            tagger = WD14Tagger.from_model(request.model or None, clean_folder(request.model_dir) or None,
+            tagger = WD14Tagger.from_model(request.model or None,
+                                           clean_folder(request.model_dir) or self.tagger_models_root,
                                            download=bool(request.download), threads=self.tagger_threads)
             job.model = tagger.name
             with tagger:
@@ -820,7 +889,8 @@ class DatasetLogic:
             return dataset_render.message_html(str(exc), "error")
         from ..dataset.doctor import check_dataset
 
-        trigger_word = ", ".join(parse_tags(trigger)) or None
+        # several words typed: the first is the one every caption must hold (the doctor takes one tag)
+        trigger_word = next(iter(parse_tags(trigger)), None)
         try:
             report = check_dataset(root, None, ext, trigger_word)
         except OSError as exc:
@@ -854,7 +924,9 @@ __all__ = [
     "clean_folder",
     "describe",
     "filter_items",
+    "follow_train_folder",
     "frequency",
+    "host_models_dir",
     "prompt_from_caption",
     "scan_items",
     "thumbnail",

@@ -11,6 +11,17 @@ The tagging progress is streamed by the Tag button's own event while the run
 lasts (no page-wide timer, so a host that polls by itself is not doubled); the
 Refresh button shows it again after a page reload.
 
+The folder box starts with the Train tab's ``train_data_dir`` and, when
+:func:`build` is given that component, follows its changes (typed, or set by
+Load config / Import) as long as the box is empty or still holds what it last
+took from there; a folder typed into the box stays until the box is cleared
+(:func:`~lora_trainer.ui.dataset_logic.follow_train_folder`).
+
+WD14 models go to the "Local model folder" when one is typed, else under the
+host's models folder (``<WebUI models>/wd14_tagger``), or
+``~/.cache/lora_trainer/models/wd14_tagger`` outside a WebUI
+(:func:`lora_trainer.tagging.wd14.models_root`).
+
 Every control has an ``elem_id`` starting ``lora_trainer_ds_``: ``folder``, ``caption_extension``,
 ``open``, ``check``, ``message``, ``doctor``; tagging: ``tag_model``, ``tag_model_dir``,
 ``tag_download``, ``tag_general_threshold``, ``tag_character_threshold``, ``tag_mode``,
@@ -38,6 +49,7 @@ from .dataset_logic import (
     BatchRequest,
     DatasetLogic,
     TagRequest,
+    follow_train_folder,
 )
 
 # a guard, so the standalone app (which has no txt2img tab nor the WebUI's script) does nothing
@@ -69,15 +81,16 @@ def _js_kwargs(major: int, source: str) -> dict[str, Any]:
     return {"js": source} if major >= 4 else {"_js": source}
 
 
-def build(gr, logic, major: Optional[int] = None) -> DatasetLogic:
+def build(gr, logic, major: Optional[int] = None, *, train_data_dir=None) -> DatasetLogic:
     """Lay the Dataset section out inside the current Blocks context and wire its events.
 
     ``logic``: the tab's :class:`~lora_trainer.ui.logic.TabLogic` (its host and manager; the
     folder box starts with its form's ``train_data_dir``). Returns the :class:`DatasetLogic`
     (also set as ``logic.dataset_logic``). ``major``: Gradio's major version (default: the
-    installed one).
+    installed one). ``train_data_dir``: the Train tab's component, which the folder box then
+    follows (see the module doc).
     """
-    from ..tagging.wd14 import DEFAULT_MODEL, DEFAULT_MODELS_ROOT, MODELS
+    from ..tagging.wd14 import DEFAULT_MODEL, MODELS
     from .tab import gradio_major
 
     major = gradio_major() if major is None else int(major)
@@ -103,6 +116,7 @@ def build(gr, logic, major: Optional[int] = None) -> DatasetLogic:
         with gr.Column(scale=1, min_width=120):
             open_button = gr.Button("Open", variant="primary", elem_id="lora_trainer_ds_open")
             check_button = gr.Button("Check dataset", size="sm", elem_id="lora_trainer_ds_check")
+    followed = gr.State(ds.default_folder)  # what the folder box last took from the Train tab
     message = gr.Markdown("", elem_id="lora_trainer_ds_message")
     doctor = gr.HTML("", elem_id="lora_trainer_ds_doctor")
 
@@ -112,7 +126,7 @@ def build(gr, logic, major: Optional[int] = None) -> DatasetLogic:
                                     elem_id="lora_trainer_ds_tag_model")
             tag_model_dir = gr.Textbox(label="Local model folder (optional)", lines=1, max_lines=1,
                                        placeholder="a folder with model.onnx + selected_tags.csv (offline), "
-                                                   f"or where models are downloaded to (default {DEFAULT_MODELS_ROOT})",
+                                                   f"or where models are downloaded to (default {ds.tagger_models_root})",
                                        elem_id="lora_trainer_ds_tag_model_dir")
             tag_download = gr.Checkbox(value=True, label="Download the model when missing",
                                        elem_id="lora_trainer_ds_tag_download")
@@ -247,6 +261,13 @@ def build(gr, logic, major: Optional[int] = None) -> DatasetLogic:
     open_outputs = view_outputs + [selected, caption, preview_image, caption_message]
     open_button.click(open_dataset, view_inputs, open_outputs)
     folder.submit(open_dataset, view_inputs, open_outputs)
+
+    if train_data_dir is not None:
+        def follow(train_value, box_value, followed_value):
+            box, new_followed = follow_train_folder(train_value, box_value, followed_value)
+            return (gr.update() if box == box_value else box), new_followed
+
+        train_data_dir.change(follow, [train_data_dir, folder, followed], [folder, followed], show_progress="hidden")
     check_button.click(ds.check, [folder, ext, tag_trigger], [doctor])
 
     for trigger in (filter_apply.click, filter_text.submit):

@@ -4,12 +4,27 @@
 with plain values (form values, HTML, Markdown); :mod:`lora_trainer.ui.tab`
 only wires these methods to components. Form values travel as lists in
 :data:`~lora_trainer.ui.values.CONTROL_NAMES` order, as Gradio passes them.
+
+Train and Add to queue run the dataset doctor (:mod:`lora_trainer.dataset.doctor`)
+on ``train_data_dir`` (with the form's ``reg_data_dir``, caption extension,
+trigger word, resolution and batch size) before submitting, through
+:class:`DatasetPreflight`: its errors (what would stop the training: empty
+caption files, unreadable or non-UTF-8 captions, no images) keep the job out of
+the queue and are listed with their fix; its warnings (too few images, missing
+trigger word, near duplicates, small images ...) are listed under the
+confirmation and the job is submitted anyway. The doctor's step findings are
+left out there: the Train tab's estimate shows the steps with the real
+length (max_train_steps, gradient accumulation).
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import tempfile
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -46,11 +61,141 @@ def _upload_path(value: Any) -> Optional[str]:
     return getattr(value, "name", value)
 
 
+# --- the dataset doctor before a training --------------------------------------------------
+
+# the doctor's step findings assume max_train_epochs and no gradient accumulation; the
+# Train tab's estimate (and the API's caller) has the real numbers
+PREFLIGHT_SKIPPED_CODES = ("steps_low", "steps_high", "steps_target")
+PREFLIGHT_MAX_FILES = 5
+
+
+def listing_signature(*roots: Optional[str]) -> str:
+    """A digest of what the doctor reads under each root: the names, sizes and modification
+    times of its entries and of the entries of its sub-folders (the concept folders). A file
+    added, removed, replaced or edited changes it; nothing is opened."""
+    digest = hashlib.sha1()
+    for root in roots:
+        if not root:
+            continue
+        digest.update(b"\0root\0" + os.fsencode(os.path.abspath(root)))
+        _hash_folder(digest, root, depth=2)
+    return digest.hexdigest()
+
+
+def _hash_folder(digest, folder: str, depth: int) -> None:
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        digest.update(f"\0unreadable {exc.errno}".encode())
+        return
+    for entry in entries:
+        try:
+            st = entry.stat()
+            is_dir = entry.is_dir()
+        except OSError:
+            digest.update(b"\0gone\0" + os.fsencode(entry.name))
+            continue
+        digest.update(b"\0" + os.fsencode(entry.name) + f"|{st.st_size}|{st.st_mtime_ns}|{int(is_dir)}".encode())
+        if is_dir and depth > 1 and not entry.name.startswith("."):
+            digest.update(b"\0in\0")
+            _hash_folder(digest, entry.path, depth - 1)
+            digest.update(b"\0out\0")
+
+
+def doctor_arguments(config) -> dict[str, Any]:
+    """:func:`lora_trainer.dataset.doctor.check_dataset`'s arguments for a TrainConfig."""
+    from ..tagging.tags import parse_tags
+
+    try:
+        sides = [int(float(v)) for v in str(config.resolution or "512").split(",") if v.strip()]
+    except ValueError:
+        sides = [512]
+    # a W,H resolution: the square of the same area (the doctor's buckets are square-based)
+    resolution = sides[0] if len(sides) == 1 else int(math.sqrt(sides[0] * sides[1]))
+    return {
+        "train_dir": str(config.train_data_dir),
+        "reg_dir": str(config.reg_data_dir) if config.reg_data_dir else None,
+        "caption_extension": config.caption_extension or ".txt",
+        # several comma-separated words: the first is what a caption must hold (the others would make the
+        # doctor look for the whole text as one tag)
+        "trigger_word": next(iter(parse_tags(config.trigger_word)), None),
+        "resolution": resolution,
+        "batch_size": max(1, int(config.train_batch_size or 1)),
+        "epochs": max(1, int(config.max_train_epochs or 1)),
+    }
+
+
+def finding_line(finding, root: str = "") -> str:
+    """One doctor finding as a line of Markdown: the message, its first files (relative to
+    ``root``) and the fix."""
+    files = ""
+    if finding.files:
+        shown = [os.path.relpath(p, root) if root and _inside(p, root) else p for p in finding.files[:PREFLIGHT_MAX_FILES]]
+        more = len(finding.files) - PREFLIGHT_MAX_FILES
+        files = " (" + ", ".join(f"`{p}`" for p in shown) + (f" and {more} more" if more > 0 else "") + ")"
+    fix = f"; fix: {finding.fix}" if finding.fix else ""
+    return f"[{finding.code}] {finding.message}{files}{fix}"
+
+
+def _inside(path: str, root: str) -> bool:
+    try:
+        rel = os.path.relpath(path, root)
+    except ValueError:  # another drive (Windows)
+        return False
+    return rel != ".." and not rel.startswith(".." + os.sep)
+
+
+class DatasetPreflight:
+    """The dataset doctor as a check before each training, its reports cached by
+    :func:`listing_signature` and the settings: pressing Train again on an unchanged
+    dataset does not decode and hash every image again."""
+
+    max_cached = 8
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[tuple, Any] = OrderedDict()
+
+    def report(self, config):
+        """The doctor's :class:`~lora_trainer.dataset.doctor.Report` for the config's dataset."""
+        from ..dataset import doctor
+
+        args = doctor_arguments(config)
+        key = (listing_signature(args["train_dir"], args["reg_dir"]), tuple(sorted(args.items())))
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        report = doctor.check_dataset(**args)
+        with self._lock:
+            self._cache[key] = report
+            while len(self._cache) > self.max_cached:
+                self._cache.popitem(last=False)
+        return report
+
+    @staticmethod
+    def _about_files(finding) -> bool:
+        # a "scan" finding without files is the doctor's own step estimate failing under the
+        # settings it assumes (buckets on, 256-1024): not the form's; the Train tab's estimate
+        # and the trainer's scan judge the real ones
+        return finding.code != "scan" or bool(finding.files)
+
+    def blocking(self, report) -> list:
+        """The findings that would stop the training (the doctor's errors)."""
+        return [f for f in report.errors if self._about_files(f)]
+
+    def warnings(self, report) -> list:
+        """The findings worth telling before it starts."""
+        return [f for f in report.warnings if f.code not in PREFLIGHT_SKIPPED_CODES and self._about_files(f)]
+
+
 class TabLogic:
     def __init__(self, manager, host=None):
         self.manager = manager
         self.host = host
         self._compare = None
+        self.preflight = DatasetPreflight()
 
     @property
     def compare(self):
@@ -148,11 +293,26 @@ class TabLogic:
     # -- queue ----------------------------------------------------------------------------
 
     def submit(self, *values: Any) -> str:
-        """Validate the form and queue it; returns the message."""
+        """Validate the form, check the dataset (see the module doc) and queue it; returns the message."""
         try:
             config, warnings = from_dict(form_to_options(self.form(values)))
         except ConfigError as exc:
             return _message("**Not queued:** fix these first.", str(exc).splitlines())
+        root = str(config.train_data_dir)
+        notes = [f"warning: {w}" for w in warnings]
+        try:
+            report = self.preflight.report(config)
+        except Exception as exc:  # the check must never stop a training the trainer itself would run
+            report = None
+            notes.append(f"the dataset check could not run ({type(exc).__name__}: {exc}); the trainer's own scan still runs")
+        if report is not None:
+            errors = self.preflight.blocking(report)
+            if errors:
+                return _message(f"**Not queued:** the dataset check found {len(errors)} problem(s) in `{root}` that "
+                                "would stop the training. Fix them, then press Train again (the Dataset tab's "
+                                "Check dataset shows the full report).",
+                                [finding_line(f, root) for f in errors])
+            notes += [f"dataset: {finding_line(f, root)}" for f in self.preflight.warnings(report)]
         try:
             running = self.manager.status()
             busy = bool(running) and running.get("state") in render.ACTIVE
@@ -160,7 +320,7 @@ class TabLogic:
         except Exception as exc:
             return f"**Not queued:** {exc}"
         where = "queued after the running job" if busy else "started"
-        return _message(f"**{config.output_name}** {where} (job `{job_id}`).", [f"warning: {w}" for w in warnings])
+        return _message(f"**{config.output_name}** {where} (job `{job_id}`).", notes)
 
     def interrupt(self, save_current: bool) -> str:
         if self.manager.interrupt(save_current=bool(save_current)):

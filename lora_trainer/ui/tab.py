@@ -187,7 +187,8 @@ def build_tab(manager, host=None, *, poll_seconds: float | None = POLL_SECONDS):
             with gr.Tab("Compare", id="compare", elem_id="lora_trainer_tab_compare"):
                 compare = compare_panel.build(gr, logic, major=major)
             with gr.Tab("Dataset", id="dataset", elem_id="lora_trainer_tab_dataset"):
-                dataset_panel.build(gr, logic)
+                # the Dataset tab's folder box follows the Train tab's train_data_dir (see dataset_panel)
+                dataset_panel.build(gr, logic, major=major, train_data_dir=components["train_data_dir"])
 
         inputs = [components[name] for name in CONTROL_NAMES]
         assert len(inputs) == len(CONTROLS)
