@@ -105,3 +105,43 @@ def test_publish_route_copies_the_epoch(tmp_path):
     assert json.loads((lora / "c_v1.json").read_text("utf-8"))["preferred weight"] == 0.8
     r = client.post("/lora_trainer/v1/publish", json={"name": "c", "epoch": 1, "release_name": "c_v1"})
     assert r.status_code == 422 and "exists" in r.json()["detail"]
+
+
+def _two_epochs(lora):
+    import torch
+
+    from lora_trainer.networks.io import save_network
+
+    save_network(lora / "c-000001.safetensors", {"lora_unet_a.alpha": torch.tensor(1.0)}, {"ss_output_name": "c"})
+    save_network(lora / "c.safetensors", {"lora_unet_a.alpha": torch.tensor(2.0)}, {"ss_output_name": "c"})
+
+
+def test_publish_route_never_overwrites_an_epoch_of_the_family(tmp_path):
+    client = _client(tmp_path)
+    lora = tmp_path / "Lora"
+    _two_epochs(lora)
+    before = {p.name: p.read_bytes() for p in lora.iterdir()}
+    for release in ("c", "c-000001", "c-000002"):
+        r = client.post("/lora_trainer/v1/publish",
+                        json={"name": "c", "epoch": 1, "release_name": release, "overwrite": True})
+        assert r.status_code == 422 and "choose another release name" in r.json()["detail"], r.text
+    assert {p.name: p.read_bytes() for p in lora.iterdir()} == before
+
+
+def test_publish_route_takes_the_preview_from_the_row_at_the_comparisons_strength(tmp_path):
+    from PIL import Image
+
+    from lora_trainer.compare.result import ComparisonResult, remember
+    from lora_trainer.compare.xyz import build_comparison, discover_family
+
+    client = _client(tmp_path)
+    lora = tmp_path / "Lora"
+    _two_epochs(lora)
+    comparison = build_comparison(discover_family(lora, "c"), prompt="sks", y="strength", strengths=[0.5, 0.8, 1.2],
+                                  strength=0.8, width=8, height=8)
+    cells = [Image.new("RGB", (8, 8), (cell.ix * 50, cell.iy * 70, 9)) for cell in comparison.cells]
+    remember(ComparisonResult(comparison, Image.new("RGB", (24, 24)), cells, None, ""))
+    r = client.post("/lora_trainer/v1/publish", json={"name": "c", "epoch": 1, "release_name": "c_best"})
+    assert r.status_code == 200, r.text
+    with Image.open(r.json()["preview"]) as preview:  # epoch 1's column, the 0.8 row (the second)
+        assert preview.convert("RGB").getpixel((0, 0)) == (50, 70, 9)

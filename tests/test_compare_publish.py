@@ -73,6 +73,75 @@ def test_an_existing_release_is_kept_unless_asked(tmp_path):
             publish(source, bad)
 
 
+def _family_files(tmp_path):
+    """``char-000001`` ... ``char-000003`` and the final ``char``, each with its own bytes."""
+    source, tensors = _epoch_file(tmp_path)  # char-000003
+    for stem in ("char-000001", "char-000002", "char", "char-000002-interrupted", "char-step00000050"):
+        save_network(tmp_path / f"{stem}.safetensors", {k: v + 1 for k, v in tensors.items()},
+                     {"ss_output_name": "char", "ss_epoch": stem})
+    return source
+
+
+@pytest.mark.parametrize("release", ["char", "char-000001", "char-000002", "CHAR", "Char-000001",
+                                     "char-000002-interrupted", "char-step00000050", "char-000003", "char-000009"])
+def test_a_file_of_the_same_training_is_never_the_release(tmp_path, release):
+    source = _family_files(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(PublishError) as caught:
+        publish(source, release, overwrite=True, preview=Image.new("RGB", (8, 8)))
+    assert "choose another release name" in str(caught.value)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written, nothing replaced
+    # into another folder too: the WebUI finds a LoRA by its name in every subfolder
+    with pytest.raises(PublishError):
+        publish(source, release, folder=tmp_path / "released", overwrite=True)
+    assert not (tmp_path / "released").exists()
+
+
+def test_names_that_only_look_alike_are_releases(tmp_path):
+    source = _family_files(tmp_path)
+    for release in ("char_v1", "char-v2", "char-final", "characters", "char-00001"):
+        assert publish(source, release).path == tmp_path / f"{release}.safetensors"
+
+
+@pytest.mark.parametrize("stray", ["rel.json", "rel.preview.png", "rel.safetensors"])
+def test_every_target_is_checked_before_anything_is_written(tmp_path, stray):
+    source, _ = _epoch_file(tmp_path)
+    (tmp_path / stray).write_bytes(b"the user's own file")
+    targets = [tmp_path / n for n in ("rel.safetensors", "rel.json", "rel.preview.png")]
+    with pytest.raises(PublishError, match=f"exists already .*[(]{stray}[)]; choose another release name or overwrite"):
+        publish(source, "rel", preview=Image.new("RGB", (8, 8)))
+    assert [p.name for p in targets if p.exists()] == [stray]  # the others were not written
+    assert (tmp_path / stray).read_bytes() == b"the user's own file"
+    # overwrite replaces all three
+    result = publish(source, "rel", preview=Image.new("RGB", (8, 8), (1, 2, 3)), overwrite=True)
+    assert all(p.is_file() for p in targets) and result.removed == []
+    assert split_safetensors(targets[0].read_bytes())[0]["__metadata__"]["ss_output_name"] == "rel"
+    assert json.loads(targets[1].read_text("utf-8"))["activation text"] == "sks"
+    with Image.open(targets[2]) as image:
+        assert image.getpixel((0, 0)) == (1, 2, 3)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_overwriting_without_a_preview_removes_the_replaced_releases_preview(tmp_path):
+    source, _ = _epoch_file(tmp_path)
+    publish(source, "rel", preview=Image.new("RGB", (8, 8)))
+    result = publish(source, "rel", overwrite=True)  # no comparison this time: no preview
+    assert result.preview_path is None and result.removed == [tmp_path / "rel.preview.png"]
+    assert not (tmp_path / "rel.preview.png").exists()  # it showed the epoch that was replaced
+
+
+def test_a_bad_source_writes_nothing(tmp_path):
+    source, _ = _epoch_file(tmp_path)
+    data = source.read_bytes()
+    source.write_bytes(data[:9] + b"\xff" + data[10:])  # a header that does not parse (not UTF-8)
+    with pytest.raises(PublishError, match="header does not parse"):
+        publish(source, "rel")
+    source.write_bytes(data[:-10])  # a partial download: the header whole, the tensors cut short
+    with pytest.raises(PublishError, match="cut short"):
+        publish(source, "rel")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["char-000003.json", "char-000003.safetensors"]
+
+
 def test_without_user_metadata_one_is_made(tmp_path):
     source, _ = _epoch_file(tmp_path)
     (tmp_path / "char-000003.json").unlink()

@@ -157,6 +157,88 @@ def test_missing_family_and_bad_names_are_refused(tmp_path):
         build_comparison(_family("a:b"))
 
 
+def _bad_files(folder: Path) -> dict[str, bytes]:
+    """What a LoRA folder holds after interrupted downloads and misnamed files, by file name."""
+    _write_lora(folder / "whole.safetensors")
+    data = (folder / "whole.safetensors").read_bytes()
+    (folder / "whole.safetensors").unlink()
+    size = int.from_bytes(data[:8], "little")
+    return {
+        "cut_in_header.safetensors": data[:8 + size // 2],  # the download stopped inside the JSON header
+        "cut_in_data.safetensors": data[:8 + size + 4],  # whole header, tensors cut short
+        "page.safetensors": b"<!DOCTYPE html><html><body>Rate limit exceeded</body></html>" * 4,  # a login page
+        "tiny.safetensors": b"\x01\x02",
+        "latin1.safetensors": (12).to_bytes(8, "little") + '{"é": "ü"}  '.encode("latin-1"),
+        "array.safetensors": (8).to_bytes(8, "little") + b"[1, 2]  ",
+        "empty.safetensors": b"",
+    }
+
+
+def test_a_file_that_is_not_a_whole_safetensors_is_refused_by_name(tmp_path):
+    for name, data in _bad_files(tmp_path).items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(ComparisonError) as caught:
+            xyz.read_metadata(path)
+        message = str(caught.value)
+        assert str(path) in message and "re-download or delete it" in message, message
+    _write_lora(tmp_path / "good.safetensors", extra={"k": "v"})
+    assert xyz.read_metadata(tmp_path / "good.safetensors")["k"] == "v"
+
+
+def test_a_bad_file_is_skipped_and_named_not_raised(tmp_path):
+    for i in (1, 2, 3):
+        _write_lora(tmp_path / f"char-{i:06d}.safetensors", epoch=i)
+    _write_lora(tmp_path / "char.safetensors", epoch=4)
+    for name, data in _bad_files(tmp_path).items():
+        (tmp_path / name).write_bytes(data)
+    # an epoch of a family cut short: the family stays, without it, and says why
+    whole = (tmp_path / "char-000002.safetensors").read_bytes()
+    (tmp_path / "char-000002.safetensors").write_bytes(whole[:len(whole) // 2])
+    skipped: list[str] = []
+    found = find_families(tmp_path, skipped)
+    assert set(found) == {"char"}
+    assert [e.name for e in found["char"].epochs] == ["char-000001", "char-000003", "char"]
+    assert len(found["char"].warnings) == 1 and "char-000002.safetensors" in found["char"].warnings[0]
+    assert "re-download or delete it" in found["char"].warnings[0]
+    assert sorted(Path(line.split(" is not a readable")[0]).name for line in skipped) == sorted(_bad_files(tmp_path))
+    assert all("re-download or delete it" in line for line in skipped)
+    assert find_families(tmp_path) == found  # without a list to fill, still no exception
+    # the final file cut short: the newest whole epoch speaks for the family
+    (tmp_path / "char.safetensors").write_bytes(b"\x00" * 7)
+    family = discover_family(tmp_path, "char")
+    assert [e.name for e in family.epochs] == ["char-000001", "char-000003"] and family.metadata["ss_epoch"] == "3"
+    # a family whose every file is bad is refused, naming them
+    with pytest.raises(ComparisonError, match="page.safetensors .*re-download or delete it"):
+        discover_family(tmp_path, "page")
+
+
+def test_unchanged_headers_are_not_read_again(tmp_path, monkeypatch):
+    for i in (1, 2):
+        _write_lora(tmp_path / f"char-{i:06d}.safetensors", epoch=i)
+    _write_lora(tmp_path / "char.safetensors", epoch=3)
+    _write_lora(tmp_path / "other.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 3)
+    reads = []
+    real = xyz.read_metadata
+    monkeypatch.setattr(xyz, "read_metadata", lambda path: reads.append(Path(path).name) or real(path))
+    first = find_families(tmp_path, [])
+    assert sorted(reads) == ["bad.safetensors", "char-000001.safetensors", "char-000002.safetensors",
+                             "char.safetensors", "other.safetensors"]
+    reads.clear()
+    skipped: list[str] = []
+    assert find_families(tmp_path, skipped) == first and reads == []  # nothing read again, errors included
+    assert len(skipped) == 1 and "bad.safetensors" in skipped[0]
+    assert discover_family(tmp_path, "char") == first["char"] and reads == []
+    first["char"].metadata["ss_epoch"] = "changed by a caller"  # a caller's copy, not the cache
+    assert discover_family(tmp_path, "char").metadata["ss_epoch"] == "3"
+    # a file rewritten (other mtime, size or inode) is read again, and only that one
+    _write_lora(tmp_path / "char-000002.safetensors", epoch=2, extra={"note": "retrained"})
+    os.utime(tmp_path / "char-000002.safetensors", ns=(1, 1))
+    assert [e.name for e in discover_family(tmp_path, "char").epochs] == ["char-000001", "char-000002", "char"]
+    assert reads == ["char-000002.safetensors"]
+
+
 # --------------------------------------------------------------------------------- prompt
 
 

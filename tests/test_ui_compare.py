@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 HAS_GRADIO = importlib.util.find_spec("gradio") is not None
 TAGS = {"4_char": {"sks": 8, "1girl": 8, "red hair": 6, "hat (object)": 2, "smile": 5}}
 # grey level of each column (no LoRA, epochs 1..4): changes 120, 50, 10, 5 -> settles after epoch 2
-# (threshold 0.3 x 120), so epoch 3 is suggested ("one after")
+# (threshold 0.3 x 50, the largest change between epochs), so epoch 3 is suggested ("one after")
 LEVELS = (0, 120, 170, 180, 185)
 SUGGESTED_FILE = "char-000003"
 
@@ -176,6 +176,67 @@ def test_families_in_the_lora_folder_and_the_default_prompt(lora_dir, tmp_path):
     assert not missing["ok"] and "no LoRA family 'nope'" in missing["summary"]
 
 
+def _cut(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+
+
+def test_a_partial_download_does_not_break_the_tab(lora_dir, tmp_path):
+    _write_epoch(lora_dir / "broken.safetensors", 1, name="broken")
+    _cut(lora_dir / "broken.safetensors", 0.01)  # stopped inside the header
+    (lora_dir / "page.safetensors").write_text("<html>404 Not Found</html>", "utf-8")
+    _cut(lora_dir / "char-000002.safetensors")  # an epoch of the family stopped half-way
+    logic, host = _logic(lora_dir, tmp_path, Manager({"id": "j1", "name": "char", "state": "done", "files": []}))
+    assert logic.family_choices() == (["char", "other"], "char")
+    assert len(logic.skipped) == 2 and all("re-download or delete it" in why for why in logic.skipped)
+    info = logic.family_info("char")
+    assert info["ok"] and info["epochs"] == ["char-000001", "char-000003", "char"]
+    summary = info["summary"]
+    for name in ("broken.safetensors", "page.safetensors", "char-000002.safetensors"):
+        assert name in summary, summary
+    assert "skipped: " in summary and "left out of the comparison" in summary
+    # every event on a family whose files are all bad answers a message
+    bad = logic.family_info("broken")
+    assert not bad["ok"] and "broken.safetensors" in bad["summary"] and "re-download or delete it" in bad["summary"]
+    message = logic.start(*_form(family="broken"))
+    assert message.startswith("**Not started:**") and "re-download or delete it" in message
+    text, message = logic.send_payload(*_form(family="page"))
+    assert text == "" and message.startswith("**Not sent:**") and "page.safetensors" in message
+    message = logic.publish("broken", "broken", "broken_v1", False)
+    assert message.startswith("**Not published:**") and "broken.safetensors" in message
+    assert host.calls == []
+    # the family itself still compares, without the bad epoch
+    out = _run(logic)
+    assert out["state"] == "done" and out["epochs"] == ["char-000001", "char-000003", "char"]
+    # the folder gone: a message, no exception
+    empty = CompareLogic(Manager(), StubHost(tmp_path / "gone", tmp_path / "grids"))
+    assert empty.family_choices() == ([], None)
+    gone = empty.family_info("char")
+    assert not gone["ok"] and f"{tmp_path / 'gone'} is not a folder" in gone["summary"]
+
+
+def test_a_page_load_reads_no_unchanged_header_and_one_family_is_read_alone(lora_dir, tmp_path, monkeypatch):
+    from lora_trainer.compare import xyz
+
+    reads = []
+    real = xyz.read_metadata
+    monkeypatch.setattr(xyz, "read_metadata", lambda path: reads.append(Path(path).name) or real(path))
+    logic, _ = _logic(lora_dir, tmp_path)
+    # choosing a family reads that family's files, not the whole folder
+    assert logic.family_info("char")["ok"]
+    assert sorted(reads) == ["char-000001.safetensors", "char-000002.safetensors", "char-000003.safetensors",
+                             "char.safetensors"]
+    reads.clear()
+    logic.family_choices()  # the first listing reads the rest once
+    assert sorted(reads) == ["char-000002-interrupted.safetensors", "other.safetensors"]
+    reads.clear()
+    # a page load (the listing, then the chosen family's summary) and a click read nothing again
+    names, chosen = logic.family_choices()
+    logic.family_info(chosen)
+    logic.build(CompareForm.from_values(_form()))
+    assert reads == []
+
+
 def test_the_comparison_has_a_no_lora_column_then_every_epoch(lora_dir, tmp_path):
     logic, _ = _logic(lora_dir, tmp_path)
     comparison = logic.build(CompareForm.from_values(_form()))
@@ -208,6 +269,15 @@ def test_the_comparison_has_a_no_lora_column_then_every_epoch(lora_dir, tmp_path
     ({"y_axis": "Checkpoints", "y_values": ""}, "Y values: list the checkpoints"),
     ({"y_axis": "Strengths", "y_values": "0.5, lots"}, "Y values (strengths): 'lots' is not a number"),
     ({"family": "nope"}, "no LoRA family 'nope'"),
+    ({"width": "inf"}, "Width: 'inf' is not a finite number"),
+    ({"height": "-inf"}, "Height: '-inf' is not a finite number"),
+    ({"seed": "nan"}, "Seed: 'nan' is not a finite number"),
+    ({"seed": float("inf")}, "Seed: inf is not a finite number"),
+    ({"steps": "1e999"}, "Steps: '1e999' is not a finite number"),
+    ({"cfg_scale": "nan"}, "CFG scale: 'nan' is not a finite number"),
+    ({"strength": "NaN"}, "Strength: 'NaN' is not a finite number"),
+    ({"y_axis": "Strengths", "y_values": "0.5, inf"}, "Y values (strengths): 'inf' is not a finite number"),
+    ({"y_axis": "Seeds", "y_values": "1, nan"}, "Y values (seeds): 'nan' is not a finite number"),
     ({"prompt": "<no_lora:char:0.8> <no_lora1:char:0.8>"}, None),  # builds: a third placeholder is free
 ])
 def test_bad_boxes_are_named(lora_dir, tmp_path, values, words):
@@ -319,6 +389,42 @@ def test_publish_copies_the_epoch_with_the_preview_cut_from_the_grid(lora_dir, t
         assert preview.convert("RGB").getpixel((0, 0)) == (LEVELS[1],) * 3
     assert "Not published" in logic.publish("char", "char-000009", "x", False)
     assert "Not published" in logic.publish("char", "char-000001", "a/b", False)
+
+
+@pytest.mark.parametrize("values, row", [
+    ({"y_axis": "Strengths", "y_values": "0.5, 0.8, 1.2"}, 1),  # the row at the comparison's strength (0.8)
+    ({"y_axis": "Strengths", "y_values": "0.4, 1.0, 1.2", "strength": 0.9}, 1),  # not among them: the nearest
+    ({"y_axis": "Text encoder / UNet split"}, 2),  # TE only, UNet only, both: the whole LoRA
+    ({"y_axis": "Seeds", "y_values": "1, 2, 3"}, 0),
+    ({}, 0),
+])
+def test_the_preview_is_the_row_that_shows_the_lora_as_used(lora_dir, tmp_path, values, row):
+    from lora_trainer.compare.result import preview_row
+
+    logic, _ = _logic(lora_dir, tmp_path)
+    out = _run(logic, **values)
+    assert out["state"] == "done"
+    comparison = latest_result(lora_dir, "char").comparison
+    assert preview_row(comparison) == row
+    tag = comparison.cell(3, row).prompt.split()[-1]
+    strength = values.get("strength", 0.8)
+    if values.get("y_axis", "").startswith("Text encoder"):
+        assert tag == f"<lora:{SUGGESTED_FILE}:{strength}>"  # both halves at the strength
+    elif values.get("y_axis") == "Strengths":
+        assert tag in (f"<lora:{SUGGESTED_FILE}:0.8>", f"<lora:{SUGGESTED_FILE}:1>")
+    assert "Published" in logic.publish("char", SUGGESTED_FILE, "char_release", False)
+    with Image.open(lora_dir / "char_release.preview.png") as preview:  # the stub tints each row's blue
+        assert preview.convert("RGB").getpixel((0, 0)) == (LEVELS[3], LEVELS[3], (LEVELS[3] + 7 * row) % 256)
+
+
+def test_publishing_over_a_file_of_the_family_is_refused(lora_dir, tmp_path):
+    logic, host = _logic(lora_dir, tmp_path)
+    _run(logic)
+    before = {p.name: p.read_bytes() for p in lora_dir.iterdir()}
+    for release in ("char", "char-000003", "char-000002-interrupted"):
+        message = logic.publish("char", "char-000001", release, True)
+        assert message.startswith("**Not published:**") and "choose another release name" in message, message
+    assert {p.name: p.read_bytes() for p in lora_dir.iterdir()} == before and host.refreshed == 0
 
 
 def test_publish_before_any_comparison_has_no_preview(lora_dir, tmp_path):
@@ -511,3 +617,29 @@ def test_gradio_one_poll_fills_train_and_compare_outputs(lora_dir, tmp_path):
     # the Train tab's "Compare epochs" opens the Compare tab on that family
     opened = _fn(tab, "open_compare").fn()
     assert opened[0]["selected"] == "compare" and opened[1]["value"] == "char"
+
+
+@needs_gradio
+def test_gradio_a_partial_download_is_named_in_the_family_summary(lora_dir, tmp_path):
+    from lora_trainer.ui.tab import build_tab
+
+    _write_epoch(lora_dir / "broken.safetensors", 1, name="broken")
+    _cut(lora_dir / "broken.safetensors", 0.01)
+    manager = Manager({"id": "j1", "name": "char", "state": "done", "files": ["x"], "log": []})
+    tab = build_tab(manager, StubHost(lora_dir, tmp_path / "grids"))  # raised while the tab was built
+    by_id = {c.get("props", {}).get("elem_id"): c for c in _config(tab)["components"]}
+    assert by_id["lora_trainer_compare_family"]["props"]["value"] == "char"
+    summary = by_id["lora_trainer_compare_family_info"]["props"]["value"]
+    assert "broken.safetensors" in summary and "re-download or delete it" in summary, summary
+    # Refresh and page load list the folder again and show the note with the summary
+    refresh = _fn(tab, "refresh_families")
+    family, summary = refresh.fn("char")
+    assert family["value"] == "char" and "broken.safetensors" in summary
+    (lora_dir / "broken.safetensors").unlink()
+    family, summary = refresh.fn("char")
+    assert "broken" not in summary and summary.startswith("**char**")
+    # only bad files: the "no LoRA" text names them
+    for path in lora_dir.glob("*.safetensors"):
+        _cut(path, 0.01)
+    family, summary = refresh.fn("char")
+    assert family["choices"] == [] and "No LoRA in" in summary and "char.safetensors" in summary

@@ -438,7 +438,8 @@ def test_the_webui_interrupt_button_stops_the_training(webui, dataset):
 # --- epoch comparison through the WebUI's X/Y/Z plot (lora_trainer.hosts.a1111_compare) --------------------------
 
 COMPARE_EXTENSION = """# written by tests/test_webui_real.py: registers LoRA Trainer's comparison routes
-# (lora_trainer.hosts.a1111_compare.register_routes) until scripts/lora_trainer.py does it itself
+# (lora_trainer.hosts.a1111_compare.register_routes). scripts/lora_trainer.py registers them too (with --api);
+# register_routes adds a prefix once per app, so whichever app_started callback runs first serves them
 from modules import script_callbacks
 
 

@@ -2,10 +2,19 @@
 
 Same prompt, same seeds, one image per epoch (and one without the LoRA). Early in a
 healthy training each epoch changes the images a lot; later the changes get small.
-The suggestion is the epoch **one after** the change settles: the first epoch after
-which every further change stays below a threshold, ``relative`` times the early
-changes (the larger of the first ``early`` steps of the curve, the no-LoRA -> first
-epoch step included), plus one epoch of margin.
+
+The rule, on the curve of changes ``[no LoRA -> e1, e1 -> e2, e2 -> e3, ...]``:
+
+* the *effect* is the first entry, no LoRA -> first epoch: what the LoRA does at all.
+  It is not a change between epochs and is usually by far the largest entry, so it
+  does not set the threshold (measured against it, a healthy run whose epochs still
+  change the image would look settled from the start);
+* the *threshold* is ``relative`` (0.3) times the largest change between two epochs;
+* the change *settles after* the epoch from which every further change stays below
+  the threshold; the suggestion is the epoch **one after** it (a margin), the last
+  saved one at most;
+* *settled at once*: every change between epochs is below ``at_once`` (0.1) times the
+  effect: the first epoch already did all but a little of what the later ones do.
 
 The distance between two images is the mean absolute pixel difference of the
 images scaled down to ``size`` x ``size`` (RGB, 0..1), averaged over the seeds; a
@@ -20,8 +29,9 @@ Verdicts, each with its reason in words:
   rate too high to settle);
 * ``settled_at_once``: the first epoch already changes the image and the later
   ones barely do: probably over-trained, a learning rate too high or too many
-  steps per epoch; the first epoch is suggested;
-* ``no_effect``: the LoRA barely changes the image at all;
+  steps per epoch; the first epoch is suggested (needs the no-LoRA image);
+* ``no_effect``: the LoRA barely changes the image at all (every change below
+  :data:`NO_EFFECT`);
 * ``single``: one epoch only, nothing to compare.
 """
 from __future__ import annotations
@@ -30,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 DEFAULT_RELATIVE = 0.3
-DEFAULT_EARLY = 2
+DEFAULT_AT_ONCE = 0.1
 DEFAULT_SIZE = 64
 NO_EFFECT = 0.004  # mean |difference| (0..1) below which the LoRA is taken to change nothing
 
@@ -90,8 +100,8 @@ def _oscillates(values: Sequence[float]) -> bool:
 
 
 def suggest_epoch(curve: Sequence[float], epochs: Optional[Sequence] = None, *, has_baseline: bool = True,
-                  relative: float = DEFAULT_RELATIVE, early: int = DEFAULT_EARLY) -> Suggestion:
-    """Suggest an epoch from the change curve (see the module's text).
+                  relative: float = DEFAULT_RELATIVE, at_once: float = DEFAULT_AT_ONCE) -> Suggestion:
+    """Suggest an epoch from the change curve (the rule is in the module's text).
 
     ``curve``: with ``has_baseline`` ``[no LoRA -> e1, e1 -> e2, ...]`` (one entry per epoch),
     else ``[e1 -> e2, ...]`` (one fewer). ``epochs``: the epochs' labels (default 1, 2, ...).
@@ -114,14 +124,22 @@ def suggest_epoch(curve: Sequence[float], epochs: Optional[Sequence] = None, *, 
         raise ValueError("no epochs to choose from")
     if n == 1:
         return result("single", 0, f"only one epoch ({epochs[0]}) was saved: nothing to compare it with")
-    reference = max(curve[:max(1, early)])
-    if reference < NO_EFFECT:
+    largest = max(curve)
+    if largest < NO_EFFECT:
         return result("no_effect", n - 1,
-                      f"the LoRA barely changes the image (largest early change {reference:.4f}): check that it "
+                      f"the LoRA barely changes the image (largest change {largest:.4f}): check that it "
                       "was trained on this model and that the prompt uses its trigger word; the last epoch is "
                       "suggested only for lack of a better one")
+    reference = max(steps)
     threshold = relative * reference
     oscillating = _oscillates(steps)
+    if has_baseline and reference < at_once * curve[0]:
+        return result(
+            "settled_at_once", 0,
+            f"settles at once: the first epoch changes the image ({labels[0]}: {curve[0]:.4f}) and later epochs "
+            f"barely do (at most {reference:.4f}, under {at_once:g} x that): probably over-trained already, a "
+            "learning rate too high or too many steps per epoch; epoch " + f"{epochs[0]} is suggested, and a run "
+            "with a lower learning rate or fewer repeats would show where it really settles", threshold, oscillating)
     # the first epoch-to-epoch step from which every later step stays below the threshold
     settle = len(steps)
     for i in range(len(steps) - 1, -1, -1):
@@ -138,27 +156,20 @@ def suggest_epoch(curve: Sequence[float], epochs: Optional[Sequence] = None, *, 
                    f"{threshold:.4f}): under-trained; train more epochs, or raise the learning rate")
         return result("never_settled", n - 1, f"never settles: {why}. The last epoch is suggested for now",
                       threshold, oscillating)
-    if settle == 0 and has_baseline:
-        return result(
-            "settled_at_once", 0,
-            f"settles at once: the first epoch changes the image ({labels[0]}: {curve[0]:.4f}) and later epochs "
-            f"barely do (all below {threshold:.4f}): probably over-trained already, a learning rate too high or "
-            "too many steps per epoch; epoch " + f"{epochs[0]} is suggested, and a run with a lower learning rate "
-            "or fewer repeats would show where it really settles", threshold, oscillating)
     index = min(settle + 1, n - 1)
     after = epochs[settle]
     osc = " (after going up and down)" if oscillating else ""
     return result(
         "settled", index,
         f"the change settles{osc} after epoch {after}: from there every change stays below {threshold:.4f} "
-        f"({relative:g} x the early change {reference:.4f}); epoch {epochs[index]} is suggested, one after it"
-        + (" (the last saved: train a little longer to have a margin)" if index == n - 1 else ""),
+        f"({relative:g} x the largest change between epochs, {reference:.4f}); epoch {epochs[index]} is suggested, "
+        "one after it" + (" (the last saved: train a little longer to have a margin)" if index == n - 1 else ""),
         threshold, oscillating)
 
 
 def suggest_from_images(images: Sequence[Sequence], epochs: Optional[Sequence] = None,
                         baseline: Optional[Sequence] = None, *, size: int = DEFAULT_SIZE,
-                        relative: float = DEFAULT_RELATIVE, early: int = DEFAULT_EARLY) -> Suggestion:
+                        relative: float = DEFAULT_RELATIVE, at_once: float = DEFAULT_AT_ONCE) -> Suggestion:
     """:func:`suggest_epoch` on :func:`epoch_curve` of the images."""
     curve = epoch_curve(images, baseline, size)
-    return suggest_epoch(curve, epochs, has_baseline=baseline is not None, relative=relative, early=early)
+    return suggest_epoch(curve, epochs, has_baseline=baseline is not None, relative=relative, at_once=at_once)

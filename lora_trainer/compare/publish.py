@@ -10,18 +10,28 @@
   into place): ``RELEASE.json``, the WebUI's user metadata (the epoch's own, or
   one made from the trigger word), and ``RELEASE.preview.png``, the WebUI's
   preview naming, from the epoch's grid cell (:func:`crop_cell`) or an image given.
-* An existing release is not replaced unless ``overwrite=True``.
+* The release name is never the source's own name nor that of any file of its
+  family (``NAME``, ``NAME-000003``, ``NAME-000003-interrupted``, ``NAME-step00000500``):
+  the WebUI finds a LoRA by that name in any subfolder, and overwriting one would
+  destroy a saved epoch.
+* The three targets are checked before anything is written: when one of them exists
+  (an earlier release, or a stray ``RELEASE.json`` / ``RELEASE.preview.png`` that the
+  WebUI would show with the new file) nothing is written unless ``overwrite=True``;
+  then all three are replaced, and a preview left from the replaced release is removed
+  when no new one is given (it showed another epoch). The ``.safetensors`` is written
+  last, so the WebUI never lists a release whose metadata is missing.
 """
 from __future__ import annotations
 
 import io
 import json
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
-from ..networks.io import write_atomic
+from ..fileio import write_atomic
 
 PathLike = Union[str, os.PathLike]
 _HEADER_LIMIT = 100 * 1024 * 1024
@@ -38,6 +48,7 @@ class Published:
     preview_path: Optional[Path]
     source: Path
     metadata: dict
+    removed: list[Path] = field(default_factory=list)  # a replaced release's preview, with no new one given
 
 
 def split_safetensors(data: bytes) -> tuple[dict, bytes]:
@@ -47,10 +58,20 @@ def split_safetensors(data: bytes) -> tuple[dict, bytes]:
     size = int.from_bytes(data[:8], "little")
     if size <= 0 or size > _HEADER_LIMIT or 8 + size > len(data):
         raise PublishError(f"not a safetensors file (header size {size})")
-    header = json.loads(data[8:8 + size].decode("utf-8"))
+    try:
+        header = json.loads(data[8:8 + size].decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError
+        raise PublishError(f"not a safetensors file (the header does not parse: {exc})") from None
     if not isinstance(header, dict):
         raise PublishError("not a safetensors file (header is not an object)")
-    return header, data[8 + size:]
+    body = data[8 + size:]
+    offsets = [info.get("data_offsets") for key, info in header.items()
+               if key != "__metadata__" and isinstance(info, dict)]
+    ends = [o[1] for o in offsets if isinstance(o, list) and len(o) == 2 and isinstance(o[1], int)]
+    if ends and max(ends) > len(body):  # a partial download: published, it would not load
+        raise PublishError(f"not a whole safetensors file (cut short: its tensors need {max(ends)} bytes of data, "
+                           f"it holds {len(body)}); re-download it")
+    return header, body
 
 
 def join_safetensors(header: Mapping, body: bytes) -> bytes:
@@ -107,6 +128,22 @@ def _arch_of(metadata: Mapping[str, str]) -> str:
     return "sd1"
 
 
+# NAME-000003, NAME-step00000500, NAME-000003-interrupted (NAME greedy: "x-000001-000002" is epoch 2 of "x-000001")
+_KOHYA_SAVE = re.compile(r"^(?P<base>.+)-(\d{6}|step\d+)(-[A-Za-z]+)?$")
+
+
+def family_base(stem: str) -> str:
+    """The training's ``output_name`` of a kohya file stem: ``char`` for ``char-000003``,
+    ``char-000003-interrupted``, ``char-step00000500`` and ``char`` itself."""
+    m = _KOHYA_SAVE.match(stem)
+    return m.group("base") if m else stem
+
+
+def _same_family(name: str, base: str) -> bool:
+    # casefolded: on Windows and macOS "Char" is the file "char"
+    return family_base(name).casefold() == base.casefold()
+
+
 def publish(source: PathLike, release_name: str, *, folder: Optional[PathLike] = None, preview=None,
             trigger_word: Optional[str] = None, overwrite: bool = False) -> Published:
     """Copy the epoch file ``source`` to ``folder/RELEASE.safetensors`` (default: the same folder)
@@ -117,10 +154,21 @@ def publish(source: PathLike, release_name: str, *, folder: Optional[PathLike] =
         raise PublishError(f"{release_name!r} cannot be a LoRA file name (no path separators, ':', '<', '>' ...)")
     folder = Path(folder) if folder is not None else source.parent
     target = folder / f"{name}.safetensors"
-    if target.resolve() == source.resolve():
-        raise PublishError(f"{source.name} is already called {name}")
-    if target.exists() and not overwrite:
-        raise PublishError(f"{target} exists; choose another release name or pass overwrite=True")
+    base = family_base(source.stem)
+    if target.resolve() == source.resolve() or (target.exists() and os.path.samefile(target, source)):
+        raise PublishError(f"{source.name} is already called {name}; choose another release name")
+    if _same_family(name, base):
+        raise PublishError(f"{name!r} is a file name of the training {base!r} itself ({base}, {base}-000001 ...): "
+                           f"publishing under it would replace a saved epoch; choose another release name, "
+                           f"e.g. {base}_v1")
+    user_path = target.with_suffix(".json")
+    preview_path = folder / f"{name}.preview.png"
+    existing = [p for p in (target, user_path, preview_path) if p.exists()]
+    if existing and not overwrite:
+        raise PublishError(f"a release named {name!r} exists already in {folder} "
+                           f"({', '.join(p.name for p in existing)}); choose another release name or overwrite it")
+
+    # everything is made before anything is written: a bad source or preview leaves the folder as it was
     data = source.read_bytes()
     header, body = split_safetensors(data)
     meta = dict(header.get("__metadata__") or {})
@@ -128,9 +176,6 @@ def publish(source: PathLike, release_name: str, *, folder: Optional[PathLike] =
     check_header, check_body = split_safetensors(new_data)
     if check_body != body:  # cannot happen: the data is appended as read
         raise PublishError("internal error: the tensor data changed while rewriting the header")
-    write_atomic(target, new_data)
-
-    user_path = target.with_suffix(".json")
     own = source.with_suffix(".json")
     user: dict = {}
     if own.is_file():
@@ -144,12 +189,20 @@ def publish(source: PathLike, release_name: str, *, folder: Optional[PathLike] =
         user = user_metadata(_arch_of(meta), trigger_word or "")
     elif trigger_word is not None:
         user["activation text"] = trigger_word
-    write_atomic(user_path, json.dumps(user, indent=4, ensure_ascii=False).encode("utf-8"))
-
-    preview_path = None
+    user_data = json.dumps(user, indent=4, ensure_ascii=False).encode("utf-8")
+    preview_data = None
     if preview is not None:
         buffer = io.BytesIO()
         preview.convert("RGB").save(buffer, format="PNG")
-        preview_path = folder / f"{name}.preview.png"
-        write_atomic(preview_path, buffer.getvalue())
-    return Published(target, user_path, preview_path, source, check_header.get("__metadata__") or {})
+        preview_data = buffer.getvalue()
+
+    removed = []
+    write_atomic(user_path, user_data)
+    if preview_data is not None:
+        write_atomic(preview_path, preview_data)
+    elif preview_path.exists():  # the replaced release's preview would show with the new file
+        preview_path.unlink()
+        removed.append(preview_path)
+    write_atomic(target, new_data)
+    return Published(target, user_path, preview_path if preview_data is not None else None, source,
+                     check_header.get("__metadata__") or {}, removed)

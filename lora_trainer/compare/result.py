@@ -4,7 +4,8 @@ A host's comparison runner (the WebUI's X/Y/Z plot, or the headless diffusers
 grid) returns a :class:`ComparisonResult`: the grid, every cell in the
 :class:`~lora_trainer.compare.xyz.Comparison`'s order, where the grid was saved,
 and the release-candidate suggestion. :func:`remember` keeps the latest result
-per LoRA family so Publish can crop its preview from the grid the user saw.
+per LoRA family so Publish can take its preview from the grid the user saw
+(:func:`preview_image`, in the row :func:`preview_row` picks).
 """
 from __future__ import annotations
 
@@ -84,6 +85,26 @@ def suggestion_for(result: ComparisonResult) -> Optional[candidate.Suggestion]:
     return candidate.suggest_from_images(per_column[1:], epochs, baseline=per_column[0])
 
 
+def preview_row(comparison: Comparison) -> int:
+    """The grid row a release's preview is cut from: the one showing the LoRA as the comparison
+    uses it. With strengths as rows, the row at the comparison's own strength (the nearest one
+    when it is not among them); with the text encoder / UNet split, the row with both (the
+    last: TE only, UNet only, both); with seeds, checkpoints or no Y axis, the first row."""
+    if comparison.y_kind == "te_unet":
+        return comparison.rows - 1
+    weights = comparison.y_strengths
+    if comparison.y_kind == "strength" and weights:
+        return min(range(len(weights)), key=lambda i: abs(weights[i] - comparison.strength))
+    return 0
+
+
+def preview_image(result: ComparisonResult, epoch):
+    """The cell of ``epoch`` (number or file stem) in :func:`preview_row`: Publish's preview, in the
+    Compare tab and in the ``/publish`` route alike. ComparisonError when that epoch is not in the grid."""
+    c = result.comparison
+    return result.cell_image(c.column_of(epoch), preview_row(c))
+
+
 def _key(folder, name) -> str:
     return f"{os.path.normcase(os.path.abspath(str(folder)))}::{name}"
 
@@ -98,4 +119,4 @@ def remember(result: ComparisonResult) -> None:
         _last_results[_key(result.comparison.family.folder, result.comparison.family.name)] = result
 
 
-__all__ = ["ComparisonResult", "suggestion_for", "remember", "latest_result"]
+__all__ = ["ComparisonResult", "suggestion_for", "remember", "latest_result", "preview_row", "preview_image"]

@@ -4,7 +4,10 @@ Two halves, neither importing the WebUI:
 
 * **the family**: :func:`discover_family` finds ``NAME-000001.safetensors`` ...
   ``NAME.safetensors`` (kohya's names; the final ``NAME`` is the last epoch) in
-  a folder, in epoch order, reading only the files' headers;
+  a folder, in epoch order, reading only the files' headers, each once while the
+  file does not change (:func:`cached_metadata`). A file that is not a whole
+  safetensors file (a partial download) is left out and named, never raised past
+  the listing (:func:`read_metadata`, :func:`find_families`);
 * **the plot**: :func:`build_comparison` makes the prompt (trigger word + the
   dataset's most frequent tags, from ``ss_tag_frequency``; editable), the
   negative prompt, a constant seed, the X axis and an optional Y axis, and
@@ -45,7 +48,8 @@ import io
 import json
 import os
 import re
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
@@ -90,6 +94,15 @@ class ComparisonError(ValueError):
     """The comparison cannot be built as asked; the message says what to change."""
 
 
+class FamilyNotFound(ComparisonError):
+    """No file of that family is in the folder."""
+
+
+class _ReadFailed(ComparisonError):
+    """The system refused to read a file (permissions, a vanished disk): not the file's content,
+    so not remembered with it (a chmod does not change the mtime)."""
+
+
 # ------------------------------------------------------------------------------------ CSV
 
 
@@ -108,18 +121,91 @@ def from_csv(text: str) -> list[str]:
 # --------------------------------------------------------------------------------- family
 
 
+def _unreadable(path: PathLike, why: str) -> ComparisonError:
+    return ComparisonError(f"{path} is not a readable LoRA file ({why}): probably a partial download or not a "
+                           "safetensors file; re-download or delete it")
+
+
 def read_metadata(path: PathLike) -> dict[str, str]:
-    """A safetensors file's ``__metadata__``, from its header only (no tensor is read)."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise ComparisonError(f"{path} is not a safetensors file (too short)")
-        size = int.from_bytes(head, "little")
-        if size <= 0 or size > _HEADER_LIMIT:
-            raise ComparisonError(f"{path} is not a safetensors file (header size {size})")
-        header = json.loads(f.read(size).decode("utf-8"))
+    """A safetensors file's ``__metadata__``, from its header only (no tensor is read).
+
+    A file that is not a whole safetensors file (cut short by a download, another format under
+    this suffix, a header that does not parse) raises :class:`ComparisonError` naming the file
+    and what to do: the tensors' end, read from the header, is checked against the file's size.
+    """
+    try:
+        with open(path, "rb") as f:
+            total = os.fstat(f.fileno()).st_size
+            head = f.read(8)
+            if len(head) != 8:
+                raise _unreadable(path, f"{total} bytes, too short")
+            size = int.from_bytes(head, "little")
+            if size <= 0 or size > _HEADER_LIMIT or 8 + size > total:
+                raise _unreadable(path, f"header size {size} in a file of {total} bytes")
+            raw = f.read(size)
+    except OSError as exc:
+        raise _ReadFailed(f"{path} cannot be read ({exc.strerror or exc}); check that the file is readable, "
+                          "or delete it") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
+        raise _unreadable(path, f"its header does not parse: {exc}") from None
+    if not isinstance(header, dict):
+        raise _unreadable(path, "its header is not a JSON object")
     meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise _unreadable(path, "its __metadata__ is not a JSON object")
+    end = 0
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise _unreadable(path, f"tensor {key!r} has no data offsets")
+        end = max(end, offsets[1])
+    if 8 + size + end > total:
+        raise _unreadable(path, f"cut short: its tensors end at byte {8 + size + end}, the file has {total}")
     return {str(k): str(v) for k, v in meta.items()}
+
+
+# Headers read before, by file: (mtime_ns, size, inode) -> the metadata or the refusal. Opening the
+# Compare tab, Refresh and every click list the LoRA folder; a file that did not change is not read
+# again (the inode catches a file replaced within one mtime tick by an atomic rename).
+_HEADER_CACHE_LIMIT = 4096
+_header_cache: "OrderedDict[str, tuple[tuple, object]]" = OrderedDict()
+_header_lock = threading.Lock()
+
+
+def cached_metadata(path: PathLike) -> dict[str, str]:
+    """:func:`read_metadata`, read again only when the file's mtime, size or inode changed."""
+    key = os.path.abspath(os.fspath(path))
+    try:
+        st = os.stat(key)
+    except OSError as exc:
+        raise ComparisonError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+    with _header_lock:
+        hit = _header_cache.get(key)
+        if hit is not None and hit[0] == signature:
+            _header_cache.move_to_end(key)
+            value = hit[1]
+            if isinstance(value, ComparisonError):
+                raise ComparisonError(str(value))
+            return dict(value)
+    try:
+        value = read_metadata(key)
+    except _ReadFailed:
+        raise
+    except ComparisonError as exc:
+        value = exc
+    with _header_lock:
+        _header_cache[key] = (signature, value)
+        _header_cache.move_to_end(key)
+        while len(_header_cache) > _HEADER_CACHE_LIMIT:
+            _header_cache.popitem(last=False)
+    if isinstance(value, ComparisonError):
+        raise ComparisonError(str(value))
+    return dict(value)
 
 
 @dataclass(frozen=True)
@@ -170,7 +256,11 @@ def discover_family(folder: PathLike, name: str) -> LoraFamily:
 
     Step saves (``NAME-step00000500``) and interrupted saves (``NAME-000003-interrupted``) are
     not epochs and are left out. Files from another training run (a different
-    ``ss_session_id`` than the newest file's) are kept and named in :attr:`LoraFamily.warnings`.
+    ``ss_session_id`` than the newest file's) are kept and named in :attr:`LoraFamily.warnings`;
+    files whose header cannot be read (a partial download) are left out and named there too.
+    Raises :class:`FamilyNotFound` when no file of the family is there, and
+    :class:`ComparisonError` when none of its files can be read. Headers are cached
+    (:func:`cached_metadata`): asking again for an unchanged family reads no file.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -178,21 +268,32 @@ def discover_family(folder: PathLike, name: str) -> LoraFamily:
     numbered: list[tuple[int, Path]] = []
     final: Optional[Path] = None
     for entry in folder.iterdir():
-        if not entry.is_file():
-            continue
         if entry.name == f"{name}.safetensors":
-            final = entry
+            if entry.is_file():
+                final = entry
             continue
         m = _EPOCH_RE.match(entry.name)
-        if m and m.group("name") == name:
+        if m and m.group("name") == name and entry.is_file():
             numbered.append((int(m.group("epoch")), entry))
     if not numbered and final is None:
-        raise ComparisonError(f"no {name}.safetensors nor {name}-000001.safetensors ... in {folder}")
+        raise FamilyNotFound(f"no {name}.safetensors nor {name}-000001.safetensors ... in {folder}")
     _check_name(name)
     numbered.sort()
+    metadata_of: dict[Path, dict[str, str]] = {}
+    unreadable: list[str] = []
+    for path in [p for _, p in numbered] + ([final] if final is not None else []):
+        try:
+            metadata_of[path] = cached_metadata(path)
+        except ComparisonError as exc:
+            unreadable.append(str(exc))
+    if not metadata_of:
+        raise ComparisonError("; ".join(unreadable))
+    numbered = [(n, p) for n, p in numbered if p in metadata_of]
+    if final is not None and final not in metadata_of:
+        final = None
     epochs = [EpochFile(p.stem, p, n) for n, p in numbered]
     newest = final if final is not None else numbered[-1][1]
-    metadata = read_metadata(newest)
+    metadata = metadata_of[newest]
     if final is not None:
         last = numbered[-1][0] if numbered else 0
         try:
@@ -200,11 +301,11 @@ def discover_family(folder: PathLike, name: str) -> LoraFamily:
         except ValueError:
             stated = 0
         epochs.append(EpochFile(final.stem, final, stated if stated > last else last + 1, final=True))
-    warnings = []
+    warnings = [f"{why}; left out of the comparison" for why in unreadable]
     session = metadata.get("ss_session_id")
     if session:
         for e in epochs:
-            other = read_metadata(e.path).get("ss_session_id") if e.path != newest else session
+            other = metadata_of[e.path].get("ss_session_id")
             if other and other != session:
                 warnings.append(f"{e.path.name} comes from another training run (ss_session_id {other}, "
                                 f"newest file {session})")
@@ -218,8 +319,13 @@ def discover_family(folder: PathLike, name: str) -> LoraFamily:
     return LoraFamily(name, folder, epochs, metadata, user if isinstance(user, dict) else {}, warnings)
 
 
-def find_families(folder: PathLike) -> dict[str, LoraFamily]:
-    """Every family in ``folder``, by name."""
+def find_families(folder: PathLike, skipped: Optional[list] = None) -> dict[str, LoraFamily]:
+    """Every family in ``folder``, by name.
+
+    A family that cannot be read (its only files are partial downloads, a name a ``<lora:...>``
+    tag cannot carry) is left out, and why is appended to ``skipped`` when given: one bad file
+    must not hide the others. A folder that cannot be listed raises ``OSError``.
+    """
     names = set()
     for entry in Path(folder).iterdir():
         if entry.suffix != ".safetensors" or not entry.is_file():
@@ -230,8 +336,11 @@ def find_families(folder: PathLike) -> dict[str, LoraFamily]:
     for n in sorted(names):
         try:
             out[n] = discover_family(folder, n)
-        except ComparisonError:
+        except FamilyNotFound:  # removed while listing
             continue
+        except ComparisonError as exc:
+            if skipped is not None:
+                skipped.append(str(exc))
     return out
 
 
@@ -337,6 +446,9 @@ class Comparison:
     cfg_scale: float = 7.0
     sampler_name: str = "Euler a"
     scheduler: str = "Automatic"
+    strength: float = DEFAULT_STRENGTH  # the LoRA's weight in every tag (the Y axis may change it per row)
+    y_kind: Optional[str] = None  # build_comparison's ``y``: None, or one of Y_KINDS
+    y_strengths: list[float] = field(default_factory=list)  # with y_kind "strength": each row's weight
 
     @property
     def columns(self) -> int:
@@ -490,7 +602,8 @@ def build_comparison(
     grid_mp = len(cells) * width * height / 1e6
     comparison = Comparison(family, full_prompt, negative, int(seed), x_axis, y_axis, cells, steps=steps,
                             width=width, height=height, cfg_scale=cfg_scale, sampler_name=sampler_name,
-                            scheduler=scheduler)
+                            scheduler=scheduler, strength=float(strength), y_kind=y,
+                            y_strengths=[float(w) for w in strengths] if y == "strength" else [])
     if grid_mp > 200:
         raise ComparisonError(f"the grid would be {grid_mp:.0f} megapixels; compare fewer epochs or smaller images")
     return comparison

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from ..compare import publish as publishing
-from ..compare.result import ComparisonResult, latest_result, remember, suggestion_for
+from ..compare.result import ComparisonResult, latest_result, preview_image, remember, suggestion_for
 from ..compare.xyz import (
     SCRIPT_TITLE, Comparison, ComparisonError, axis_index, build_comparison,
     discover_family,
@@ -260,7 +260,8 @@ def register_routes(app, *, get_host: Callable[[], Any], get_manager: Optional[C
 
     ``POST {prefix}/publish``: body ``{"name", "epoch" (number or file stem), "release_name",
     "folder", "overwrite", "trigger_word"}``: copies the epoch to its release name; the preview is
-    the epoch's first-row cell of the latest comparison of that family, when there is one.
+    the epoch's cell of the latest comparison of that family, when there is one, in the row
+    :func:`~lora_trainer.compare.result.preview_row` picks.
 
     Folders must lie inside the Lora folder (or ``extra_dirs()``). ``api_auth`` as for
     :func:`lora_trainer.api.register`. Returns False when the routes are there already.
@@ -335,7 +336,7 @@ def register_routes(app, *, get_host: Callable[[], Any], get_manager: Optional[C
             last = latest_result(folder, name)
             if last is not None:
                 try:
-                    preview = last.cell_image(last.comparison.column_of(chosen.name), 0)
+                    preview = preview_image(last, chosen.name)
                 except ComparisonError:
                     preview = None
             done_ = publishing.publish(chosen.path, release, preview=preview, overwrite=bool(body.get("overwrite")),

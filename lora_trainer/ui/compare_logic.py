@@ -6,24 +6,32 @@ the Compare tab with plain values (lists, Markdown, HTML, paths, JSON);
 
 * **Family**: the LoRA families in the host's LoRA folder
   (:func:`~lora_trainer.compare.xyz.find_families`); the default is the last
-  training's ``output_name`` when its files are there.
+  training's ``output_name`` when its files are there. A file that cannot be read
+  (a partial download) is skipped and named in the family summary
+  (:attr:`CompareLogic.skipped`); one chosen family is read alone
+  (:func:`~lora_trainer.compare.xyz.discover_family`), and headers are cached by file,
+  so a page load or a click does not read every LoRA again.
 * **Compare**: :class:`CompareForm` -> :func:`~lora_trainer.compare.xyz.build_comparison`
   -> ``host.run_comparison`` (an optional host capability, see
   :mod:`lora_trainer.hosts.base`) in a thread of its own: a comparison is a host job of
   its own, so it is refused while a training runs (the host's job lock is not
   re-entrant, and waiting behind a whole training would look like a hang) and while
   another comparison runs. The page polls :meth:`CompareLogic.poll`.
-* **Publish**: :func:`~lora_trainer.compare.publish.publish` with the preview cut from
-  the latest grid of that family (:func:`~lora_trainer.compare.result.latest_result`).
+* **Publish**: :func:`~lora_trainer.compare.publish.publish` with the preview taken from
+  the latest grid of that family (:func:`~lora_trainer.compare.result.latest_result`), in
+  the row :func:`~lora_trainer.compare.result.preview_row` picks.
 * **Send to txt2img**: :meth:`CompareLogic.send_payload` gives the JSON that
   ``javascript/lora_trainer.js``'s ``lora_trainer_send_xyz_to_txt2img`` types into the
   WebUI's txt2img tab: the same prompt, seed and X/Y/Z values the comparison would
   send to the script (:meth:`~lora_trainer.compare.xyz.Comparison.script_values`).
+
+Every event answers bad input, a bad file or a refusal with a message, never a traceback.
 """
 from __future__ import annotations
 
 import ast
 import json
+import math
 import re
 import threading
 import time
@@ -33,10 +41,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from ..compare import publish as publishing
-from ..compare.result import ComparisonResult, latest_result, remember, suggestion_for
+from ..compare.result import ComparisonResult, latest_result, preview_image, remember, suggestion_for
 from ..compare.xyz import (
     AXIS_NOTHING, DEFAULT_NEGATIVE, DEFAULT_STRENGTH, DEFAULT_STRENGTHS, SCRIPT_TITLE, Comparison,
-    ComparisonError, LoraFamily, build_comparison, default_prompt, find_families, format_weight, from_csv,
+    ComparisonError, FamilyNotFound, LoraFamily, build_comparison, default_prompt, discover_family, find_families,
+    format_weight, from_csv,
 )
 from . import render
 
@@ -97,6 +106,8 @@ def _number(value: Any, box: str, kind: Callable = float, *, minimum: Optional[f
         number = float(str(value).strip()) if isinstance(value, str) else float(value)
     except (TypeError, ValueError):
         raise FormError(f"{box}: {value!r} is not a number") from None
+    if not math.isfinite(number):  # int(inf) raises OverflowError, and nan passes every comparison
+        raise FormError(f"{box}: {value!r} is not a finite number")
     if kind is int:
         if number != int(number):
             raise FormError(f"{box}: {value!r} is not a whole number")
@@ -244,6 +255,8 @@ class CompareLogic:
         # the latest comparison run from this tab: what poll() shows
         self._run: dict[str, Any] = {"state": "idle", "version": 0, "message": "", "result": None,
                                      "started_at": None, "finished_at": None, "name": "", "cells": 0}
+        # why files of the LoRA folder were left out at the latest listing (shown with the family summary)
+        self.skipped: list[str] = []
 
     # -- families -------------------------------------------------------------------------
 
@@ -258,22 +271,33 @@ class CompareLogic:
         (``NAME-000003-interrupted``, ``NAME-step00000500``: single files, not epochs to compare)."""
         folder = self.lora_dir()
         if folder is None or not folder.is_dir():
+            self.skipped = []
             return {}
+        skipped: list[str] = []
         try:
-            found = find_families(folder)
-        except OSError:
+            found = find_families(folder, skipped)
+        except (OSError, ComparisonError) as exc:
+            self.skipped = [f"the LoRA folder cannot be listed: {exc}"]
             return {}
+        self.skipped = skipped
         return {name: family for name, family in found.items() if not _stray_save(name, found)}
 
     def family(self, name: str) -> LoraFamily:
+        """One family, read alone (not the whole folder); its headers come from the cache when
+        the files did not change."""
         name = str(name or "").strip()
         if not name:
             raise ComparisonError("choose a LoRA (Refresh lists the LoRA folder)")
-        found = self.families().get(name)
-        if found is None:
-            raise ComparisonError(f"no LoRA family {name!r} in {self.lora_dir()}: neither {name}.safetensors nor "
-                                  f"{name}-000001.safetensors ... (press Refresh)")
-        return found
+        folder = self.lora_dir()
+        if folder is None:
+            raise ComparisonError("this host names no LoRA folder")
+        try:
+            return discover_family(folder, name)
+        except FamilyNotFound:
+            raise ComparisonError(f"no LoRA family {name!r} in {folder}: neither {name}.safetensors nor "
+                                  f"{name}-000001.safetensors ... (press Refresh)") from None
+        except OSError as exc:
+            raise ComparisonError(f"the LoRA folder {folder} cannot be read: {exc}") from None
 
     def _manager_status(self) -> dict[str, Any]:
         if self.manager is None:
@@ -325,11 +349,12 @@ class CompareLogic:
 
     def family_info(self, name: str) -> dict[str, Any]:
         """What choosing a family fills in: default prompt, epoch choices, release name, a summary."""
+        skipped = [f"skipped: {why}" for why in self.skipped]
         try:
             family = self.family(name)
-        except ComparisonError as exc:
+        except ValueError as exc:  # ComparisonError and any other bad value: a message, not a traceback
             return {"ok": False, "prompt": "", "epochs": [], "epoch": None, "release": "",
-                    "summary": f"**{exc}**"}
+                    "summary": f"**{exc}**" + ("\n\n" + render.notes_markdown(skipped) if skipped else "")}
         epochs = [e.name for e in family.epochs]
         resolution = training_resolution(family)
         lines = [f"{len(epochs)} saved epoch{'s' if len(epochs) != 1 else ''}: "
@@ -339,6 +364,7 @@ class CompareLogic:
         if resolution:
             lines.append(f"trained at {resolution[0]}×{resolution[1]} (the grid's default size)")
         lines += [f"warning: {w}" for w in family.warnings]
+        lines += skipped
         suggested = self._suggested_file(family)
         return {"ok": True, "prompt": default_prompt(family), "epochs": epochs,
                 "epoch": suggested if suggested in epochs else epochs[-1], "release": f"{family.name}_v1",
@@ -373,7 +399,7 @@ class CompareLogic:
         try:
             form = CompareForm.from_values(values)
             comparison = self.build(form)
-        except (FormError, ComparisonError) as exc:
+        except (ValueError, OSError) as exc:  # FormError, ComparisonError, a file that went away
             return f"**Not started:** {exc}"
         runner = getattr(self.host, "run_comparison", None)
         if not callable(runner):
@@ -484,15 +510,16 @@ class CompareLogic:
                 note = "no preview: compare the epochs first to get one from the grid"
             else:
                 try:
-                    preview = last.cell_image(last.comparison.column_of(chosen.name), 0)
+                    preview = preview_image(last, chosen.name)
                 except ComparisonError:
                     note = f"no preview: {chosen.name} is not in the latest grid"
             done = publishing.publish(chosen.path, str(release_name or "").strip(), preview=preview,
                                       overwrite=bool(overwrite), trigger_word=family.trigger_word or None)
-        except (ComparisonError, publishing.PublishError, OSError) as exc:
+        except (ValueError, OSError) as exc:  # ComparisonError, PublishError, a bad or vanished file
             return f"**Not published:** {exc}"
         lines = [f"LoRA: `{done.path}`", f"user metadata: `{done.user_metadata_path}`"]
         lines.append(f"preview: `{done.preview_path}`" if done.preview_path else note)
+        lines += [f"removed the replaced release's preview `{p}`" for p in done.removed]
         try:
             if self.host is not None and hasattr(self.host, "refresh_loras"):
                 self.host.refresh_loras()
@@ -507,7 +534,7 @@ class CompareLogic:
         try:
             form = CompareForm.from_values(values)
             comparison = self.build(form)
-        except (FormError, ComparisonError) as exc:
+        except (ValueError, OSError) as exc:  # FormError, ComparisonError, a file that went away
             return ["", f"**Not sent:** {exc}"]
         payload = send_payload(comparison, form)
         message = (f"Sent **{comparison.family.name}** to txt2img: X/Y/Z plot, X = Prompt S/R over "

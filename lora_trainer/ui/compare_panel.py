@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from ..compare.xyz import DEFAULT_NEGATIVE, DEFAULT_STRENGTH
+from . import render
 from .compare_logic import DEFAULT_SEED, SAMPLERS, Y_CHOICES, Y_NONE, default_y_values
 
 SEND_JS = "lora_trainer_send_xyz_to_txt2img"  # javascript/lora_trainer.js
@@ -137,7 +138,8 @@ def build(gr, logic, *, major: Optional[int] = None) -> ComparePanel:
         names, chosen = compare.family_choices(current)
         if not names:
             return gr.update(choices=[], value=None), _no_family_text(compare)
-        return gr.update(choices=names, value=chosen), gr.update()
+        # the summary again: it names the files this listing skipped (a partial download)
+        return gr.update(choices=names, value=chosen), compare.family_info(chosen)["summary"]
 
     family_refresh.click(refresh_families, [family], [family, family_info])
 
@@ -178,8 +180,10 @@ def build(gr, logic, *, major: Optional[int] = None) -> ComparePanel:
 
 def _no_family_text(compare) -> str:
     folder = compare.lora_dir()
-    return (f"No LoRA in `{folder}` yet: train one, or put `NAME-000001.safetensors` … `NAME.safetensors` there, "
+    text = (f"No LoRA in `{folder}` yet: train one, or put `NAME-000001.safetensors` … `NAME.safetensors` there, "
             "then press Refresh." if folder else "This host names no LoRA folder.")
+    skipped = [f"skipped: {why}" for why in getattr(compare, "skipped", [])]
+    return text + ("\n\n" + render.notes_markdown(skipped) if skipped else "")
 
 
 __all__ = ["build", "ComparePanel", "SEND_JS"]
