@@ -145,3 +145,18 @@ def test_publish_route_takes_the_preview_from_the_row_at_the_comparisons_strengt
     assert r.status_code == 200, r.text
     with Image.open(r.json()["preview"]) as preview:  # epoch 1's column, the 0.8 row (the second)
         assert preview.convert("RGB").getpixel((0, 0)) == (50, 70, 9)
+
+
+def test_publish_route_reports_a_write_failure_by_file_not_a_bare_500(tmp_path, monkeypatch):
+    from lora_trainer.compare import publish as publishing
+
+    client = _client(tmp_path)
+    _two_epochs(tmp_path / "Lora")
+
+    def full_disk(*_args, **_kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "Lora" / "c_v1.safetensors"))
+
+    monkeypatch.setattr(publishing, "publish", full_disk)
+    r = client.post("/lora_trainer/v1/publish", json={"name": "c", "epoch": 1, "release_name": "c_v1"})
+    assert r.status_code == 507
+    assert "c_v1.safetensors" in r.json()["detail"] and "No space left" in r.json()["detail"]

@@ -343,6 +343,10 @@ def register_routes(app, *, get_host: Callable[[], Any], get_manager: Optional[C
                                        trigger_word=body.get("trigger_word") or family.trigger_word or None)
         except (ComparisonError, publishing.PublishError) as exc:
             raise HTTPException(status_code=422, detail=str(exc))
+        except OSError as exc:  # a full disk, a read-only Lora folder: say which file, not a 500
+            raise HTTPException(status_code=507 if getattr(exc, "errno", None) == 28 else 500,
+                                detail=f"publishing failed writing {getattr(exc, 'filename', None) or release}: "
+                                       f"{exc.strerror or exc}")
         try:
             get_host().refresh_loras()
         except Exception:
