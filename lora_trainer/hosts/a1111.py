@@ -106,6 +106,18 @@ def _in_job() -> bool:
     return _job_thread == threading.get_ident()
 
 
+def _as_job(fn: Callable[[], T], title: str) -> T:
+    """Run ``fn`` marked as the running WebUI job in this thread (what ``_in_job`` checks)."""
+    global _job_thread, _job_title
+    with _owner_lock:
+        _job_thread, _job_title = threading.get_ident(), title
+    try:
+        return fn()
+    finally:
+        with _owner_lock:
+            _job_thread, _job_title = None, ""
+
+
 def _is_task_id(title: str) -> bool:
     return isinstance(title, str) and title.startswith("task(") and title.endswith(")")
 
@@ -154,29 +166,30 @@ class A1111Host:
 
     # -------------------------------------------------------------------- jobs
 
+    job_kind = "WebUI"  # in messages
+
     def run_exclusive(self, fn: Callable[[], T], *, title: str) -> T:
-        global _job_thread, _job_title
+        """``fn`` as a WebUI job: the queue lock and ``shared.state`` held (generations and model
+        switches wait), the WebUI's task queue told when ``title`` is a task id."""
         from modules import call_queue, shared
 
         if _in_job():
             raise NestedJobError(
-                f"cannot start WebUI job {title!r} from inside the running job {_job_title!r}: the WebUI's queue lock "
-                "is not re-entrant (this would wait for itself forever); queue the work instead"
+                f"cannot start {self.job_kind} job {title!r} from inside the running job {_job_title!r}: the WebUI's "
+                "queue lock is not re-entrant (this would wait for itself forever); queue the work instead"
             )
         task_id = title if _is_task_id(title) else None
         progress = _optional_module("modules.progress") if task_id else None
         if progress is not None and hasattr(progress, "add_task_to_queue"):
             progress.add_task_to_queue(task_id)
         with call_queue.queue_lock:
-            with _owner_lock:
-                _job_thread, _job_title = threading.get_ident(), title
             state = shared.state
             try:
                 state.begin(job=title)
                 try:
                     if progress is not None and hasattr(progress, "start_task"):
                         progress.start_task(task_id)
-                    return fn()
+                    return self._run_job(fn, title)
                 except BaseException as exc:
                     # The traceback's finished frames still hold the training's locals (optimizer,
                     # LoRA, activations): drop them so the memory is free before the WebUI's next job.
@@ -187,9 +200,11 @@ class A1111Host:
                         progress.finish_task(task_id)
                     state.end()
             finally:
-                with _owner_lock:
-                    _job_thread, _job_title = None, ""
-                release_memory()
+                release_memory()  # before the lock lets the next job in
+
+    def _run_job(self, fn: Callable[[], T], title: str) -> T:
+        """Where the job's work runs: here, in the thread holding the lock (Forge: its main thread)."""
+        return _as_job(fn, title)
 
     def report(self, event: Progress) -> None:
         """Mirror progress into ``shared.state``: the WebUI's progress bar shows

@@ -74,7 +74,6 @@ import os
 import sys
 import threading
 import time
-import traceback
 from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator, Optional, TypeVar
 
@@ -82,7 +81,7 @@ import torch
 from torch import nn
 
 from ..models.base import DiffusionModel, TextEncoder
-from .a1111 import A1111Host, NestedJobError, _checkpoint_identity, _is_task_id, _optional_module
+from .a1111 import A1111Host, NestedJobError, _as_job, _checkpoint_identity, _in_job, _optional_module
 from .webui_common import (
     HostRefusal,
     _files_changed_on_disk,
@@ -96,21 +95,12 @@ T = TypeVar("T")
 
 __all__ = ["ForgeHost", "HostRefusal", "NestedJobError"]
 
-# One Forge job per process, whichever ForgeHost object runs it; the thread is the one running the work.
-_owner_lock = threading.Lock()
-_job_thread: Optional[int] = None
-_job_title: str = ""
-
 # Forge's caches compare these strings with their own; this one never matches, so the next
 # generation rebuilds the LoRA patches from the files and merges them again.
 STALE_LORA_HASH = "lora_trainer: a LoRA file changed on disk"
 
 _LOW_BIT = {"nf4": "bitsandbytes NF4 (4-bit)", "fp4": "bitsandbytes FP4 (4-bit)", "gguf": "GGUF (quantized)"}
 _FLOAT8 = tuple(dt for dt in (getattr(torch, n, None) for n in ("float8_e4m3fn", "float8_e5m2")) if dt is not None)
-
-
-def _in_job() -> bool:
-    return _job_thread == threading.get_ident()
 
 
 def _forge_lora_module():
@@ -145,38 +135,12 @@ class ForgeHost(A1111Host):
 
     # -------------------------------------------------------------------- jobs
 
-    def run_exclusive(self, fn: Callable[[], T], *, title: str) -> T:
-        """``fn`` as a Forge job: the queue lock and ``shared.state`` held here (generations and
-        model switches wait), the work itself on Forge's main thread."""
-        from modules import call_queue, shared
+    job_kind = "Forge"
 
-        if _in_job():
-            raise NestedJobError(
-                f"cannot start Forge job {title!r} from inside the running job {_job_title!r}: the WebUI's queue "
-                "lock is not re-entrant (this would wait for itself forever); queue the work instead"
-            )
-        task_id = title if _is_task_id(title) else None
-        progress = _optional_module("modules.progress") if task_id else None
-        if progress is not None and hasattr(progress, "add_task_to_queue"):
-            progress.add_task_to_queue(task_id)
-        try:
-            with call_queue.queue_lock:
-                state = shared.state
-                state.begin(job=title)
-                try:
-                    if progress is not None and hasattr(progress, "start_task"):
-                        progress.start_task(task_id)
-                    return self._on_main_thread(lambda: _as_job(fn, title))
-                except BaseException as exc:
-                    # the finished frames still hold the training's locals (optimizer, LoRA, activations)
-                    traceback.clear_frames(exc.__traceback__)
-                    raise
-                finally:
-                    if progress is not None and hasattr(progress, "finish_task"):
-                        progress.finish_task(task_id)
-                    state.end()
-        finally:
-            release_memory()
+    def _run_job(self, fn: Callable[[], T], title: str) -> T:
+        """The queue lock and ``shared.state`` are held by the caller (A1111Host.run_exclusive); the
+        work itself runs on Forge's main thread, marked as the job there."""
+        return self._on_main_thread(lambda: _as_job(fn, title))
 
     def _on_main_thread(self, work: Callable[[], T]) -> T:
         """Run ``work`` on the thread running ``modules_forge.main_thread.loop()``; here when this is
@@ -259,18 +223,6 @@ class ForgeHost(A1111Host):
 
 
 # ------------------------------------------------------------------------- jobs
-
-
-def _as_job(fn: Callable[[], T], title: str) -> T:
-    """Run ``fn`` marked as the running Forge job in this thread (the one lend_model checks)."""
-    global _job_thread, _job_title
-    with _owner_lock:
-        _job_thread, _job_title = threading.get_ident(), title
-    try:
-        return fn()
-    finally:
-        with _owner_lock:
-            _job_thread, _job_title = None, ""
 
 
 def _loop_thread(main_thread) -> Optional[threading.Thread]:
