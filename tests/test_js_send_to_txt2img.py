@@ -183,26 +183,10 @@ if __name__ == "__main__":
 
 import pytest  # noqa: E402  (the page above is served by UI venvs that only need gradio)
 
-from test_ui_browser import CHROMIUM, CHROMIUM_ARGS, _free_port, ui_pythons  # noqa: E402
+from test_ui_browser import _free_port, playwright_browser, ui_pythons  # noqa: E402,F401 (a fixture)
 
 PYTHONS = ui_pythons()
 TITLES = {"gradio3": "X/Y/Z plot", "gradio4": "X/Y/Z Plot"}  # A1111 on Gradio 3, Forge classic on Gradio 4
-
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright is not installed (pip install playwright; no `playwright install` needed)")
-    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +245,8 @@ def _echo(page) -> dict:
 
 
 @pytest.mark.parametrize("ui", PYTHONS or [("none", "")], ids=[i for i, _ in PYTHONS] or ["none"])
-def test_send_to_txt2img_fills_the_xyz_plot(ui, browser, lora_folder, tmp_path):
+def test_send_to_txt2img_fills_the_xyz_plot(ui, playwright_browser, lora_folder, tmp_path):
+    browser = playwright_browser
     venv, ui_python = ui
     if not ui_python:
         pytest.skip("no UI venv: create .venv-gradio3 / .venv-gradio4 or set LORA_TRAINER_UI_PYTHONS")

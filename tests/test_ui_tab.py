@@ -12,11 +12,11 @@ import copy
 import importlib.util
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any, get_type_hints
 
 import pytest
+from ui_pythons import gradio_tests_test
 
 from lora_trainer.config import FIELD_NAMES, TrainConfig, from_dict
 from lora_trainer.presets import PRESETS, apply_preset
@@ -494,34 +494,7 @@ def test_standalone_app_binds_loopback_only(tmp_path, capsys):
 # --- the real Gradio Blocks -------------------------------------------------------------------
 
 
-def _ui_pythons() -> list[tuple[str, str]]:
-    env = os.environ.get("LORA_TRAINER_UI_PYTHONS")
-    if env:
-        return [(Path(p).parent.parent.name or p, p) for p in env.split(os.pathsep) if p.strip()]
-    return [(name.replace(".venv-", ""), str(REPO / name / "bin" / "python")) for name in (".venv-gradio3", ".venv-gradio4")
-            if (REPO / name / "bin" / "python").exists()]
-
-
-_PYTHONS = _ui_pythons()
-
-
-@pytest.mark.parametrize("python", [p for _, p in _PYTHONS] or ["none"], ids=[i for i, _ in _PYTHONS] or ["none"])
-def test_gradio_tests_in_ui_pythons(python):
-    """Runs this file's test_gradio_* tests under each UI venv's Gradio."""
-    if HAS_GRADIO and not os.environ.get("LORA_TRAINER_UI_PYTHONS"):
-        pytest.skip("this interpreter has gradio: the test_gradio_* tests ran here directly")
-    if python == "none":
-        pytest.skip("no Python with gradio: create .venv-gradio3 / .venv-gradio4 (requirements-ui-gradio3.txt / "
-                    "requirements-ui-gradio4.txt) or set LORA_TRAINER_UI_PYTHONS")
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False")
-    env.pop("LORA_TRAINER_UI_PYTHONS", None)
-    result = subprocess.run(
-        [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "test_gradio_ and not in_ui_pythons",
-         str(Path(__file__))],
-        cwd=str(REPO), env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-3000:]
-    assert " passed" in result.stdout and "skipped" not in result.stdout.splitlines()[-1], result.stdout[-2000:]
+test_gradio_tests_in_ui_pythons = gradio_tests_test(__file__)
 
 
 needs_gradio = pytest.mark.skipif(not HAS_GRADIO, reason="gradio is not installed here (see test_gradio_tests_in_ui_pythons)")
