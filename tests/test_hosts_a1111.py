@@ -30,11 +30,10 @@ import time
 
 import pytest
 import torch
-from safetensors import safe_open
 
 import fake_webui
+from cli_reference import make_config, read_metadata, read_tensors, reference
 from conftest import make_images
-from lora_trainer.config import from_dict
 from lora_trainer.hosts.a1111 import A1111Host, HostRefusal, NestedJobError
 from lora_trainer.models.standalone import load_checkpoint
 from lora_trainer.networks.lora import LoRAModule
@@ -64,49 +63,6 @@ def webui(monkeypatch, tmp_path):
 @pytest.fixture
 def host():
     return A1111Host(log=lambda _m: None)
-
-
-def make_config(checkpoint, dataset, out, **overrides):
-    options = {
-        "pretrained_model_name_or_path": str(checkpoint),
-        "train_data_dir": str(dataset),
-        "output_dir": str(out),
-        "output_name": "t",
-        "resolution": "64",
-        "train_batch_size": 2,
-        "network_dim": 4,
-        "network_alpha": 2,
-        "learning_rate": 5e-3,
-        "max_train_epochs": 1,
-        "seed": 1,
-        "device": "cpu",
-    }
-    options.update(overrides)
-    return from_dict(options)[0]
-
-
-_REFERENCES = {}
-
-
-def reference(tiny_checkpoints, dataset, tmp_path_factory, arch, **overrides):
-    """The standalone run (CLI path) of the same config: its final file's tensors."""
-    key = (arch, tuple(sorted(overrides.items())))
-    if key not in _REFERENCES:
-        out = tmp_path_factory.mktemp(f"ref_{arch}")
-        config = make_config(tiny_checkpoints(arch), dataset, out, **overrides)
-        result = train(config, load_checkpoint(config.pretrained_model_name_or_path), **QUIET)
-        _REFERENCES[key] = read_tensors(out / "t.safetensors"), result
-    return _REFERENCES[key]
-
-
-def read_tensors(path):
-    with safe_open(str(path), "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
-
-
-def read_metadata(path):
-    with safe_open(str(path), "pt") as f:
-        return f.metadata()
 
 
 def load_webui_model(webui, tiny_checkpoints, arch):

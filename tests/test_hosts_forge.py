@@ -28,14 +28,12 @@ import time
 
 import pytest
 import torch
-from safetensors import safe_open
 
 import fake_forge
+from cli_reference import make_config, read_metadata, read_tensors, reference
 from conftest import make_images
-from lora_trainer.config import from_dict
 from lora_trainer.hosts.forge import STALE_LORA_HASH, ForgeHost, HostRefusal, NestedJobError
 from lora_trainer.networks.lora import LoRAModule
-from lora_trainer.runner import run_training
 from lora_trainer.training.loop import train
 from lora_trainer.training.progress import StopFlag
 
@@ -62,49 +60,6 @@ def forge(monkeypatch, tmp_path):
 @pytest.fixture
 def host():
     return ForgeHost(log=lambda _m: None)
-
-
-def make_config(checkpoint, dataset, out, **overrides):
-    options = {
-        "pretrained_model_name_or_path": str(checkpoint),
-        "train_data_dir": str(dataset),
-        "output_dir": str(out),
-        "output_name": "t",
-        "resolution": "64",
-        "train_batch_size": 2,
-        "network_dim": 4,
-        "network_alpha": 2,
-        "learning_rate": 5e-3,
-        "max_train_epochs": 1,
-        "seed": 1,
-        "device": "cpu",
-    }
-    options.update(overrides)
-    return from_dict(options)[0]
-
-
-_REFERENCES = {}
-
-
-def reference(tiny_checkpoints, dataset, tmp_path_factory, arch, **overrides):
-    """The CLI's run (runner.run_training, as ``python -m lora_trainer train``) of the same config."""
-    key = (arch, tuple(sorted(overrides.items())))
-    if key not in _REFERENCES:
-        out = tmp_path_factory.mktemp(f"forge_ref_{arch}")
-        outcome = run_training(make_config(tiny_checkpoints(arch), dataset, out, **overrides), log=lambda _m: None)
-        assert outcome.ok, outcome.message
-        _REFERENCES[key] = read_tensors(out / "t.safetensors"), outcome.result
-    return _REFERENCES[key]
-
-
-def read_tensors(path):
-    with safe_open(str(path), "pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
-
-
-def read_metadata(path):
-    with safe_open(str(path), "pt") as f:
-        return f.metadata()
 
 
 def train_in_forge(host, config, on_progress=None, stop=None, title="Training LoRA t"):
