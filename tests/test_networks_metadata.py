@@ -167,3 +167,23 @@ def test_full_metadata_survives_a_file(tmp_path):
     save_network(path, {"lora_unet_a.alpha": torch.tensor(1.0)}, md)
     _, got = load_network(path)
     assert {k: got[k] for k in md} == md
+
+
+def test_network_args_carry_kohyas_dropout_entry():
+    # sd-scripts: net_kwargs from --network_args (strings), then net_kwargs["dropout"] = args.network_dropout
+    md = ss_metadata("sd1", network_args={"conv_dim": 4, "conv_alpha": 1, "dropout": None})
+    assert md["ss_network_args"] == '{"conv_dim": "4", "conv_alpha": "1", "dropout": null}'
+    md = ss_metadata("sd1", network_args={"conv_dim": 4, "dropout": 0.1})
+    assert json.loads(md["ss_network_args"]) == {"conv_dim": "4", "dropout": 0.1}
+
+
+def test_bucket_info_is_written_as_null_without_buckets():
+    assert ss_metadata("sd1", bucket_info=None)["ss_bucket_info"] == "null"
+    assert "ss_bucket_info" not in ss_metadata("sd1")  # not given at all: not written
+
+
+def test_the_modelspec_date_is_the_save_time():
+    md = {**ss_metadata("sd1"), **modelspec_metadata("sd1", timestamp=1700000000)}
+    saved = checkpoint_metadata(md, steps=1, epoch=1, finished_at=1700003600.5)
+    assert saved["modelspec.date"] == datetime.datetime.fromtimestamp(1700003600).isoformat()
+    assert md["modelspec.date"] == datetime.datetime.fromtimestamp(1700000000).isoformat()

@@ -134,6 +134,8 @@ INT_KEYS = frozenset({
     "min_bucket_reso", "max_bucket_reso", "keep_tokens", "steps", "epoch",
 })
 
+# given as None, kohya still writes these: json.dumps(None) (bucket_info without buckets)
+WRITTEN_AS_NULL = frozenset({"bucket_info"})
 JSON_KEYS = frozenset({"dataset_dirs", "reg_dataset_dirs", "tag_frequency", "bucket_info", "datasets", "network_args"})
 
 # kohya's SS_METADATA_MINIMUM_KEYS: what survives --no_metadata
@@ -158,9 +160,11 @@ def resolution_tuple(resolution: Union[int, str, Sequence[int]]) -> tuple[int, i
     return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
 
 
-def network_args(**args: Any) -> dict[str, str]:
-    """``ss_network_args`` as kohya gets it from ``--network_args k=v``: values as strings, Nones left out."""
-    return {key: str(value) for key, value in args.items() if value is not None}
+def network_args(**args: Any) -> dict[str, Any]:
+    """``ss_network_args`` as kohya gets it from ``--network_args k=v``: values as strings, Nones left
+    out; except ``dropout``, which kohya adds itself from ``--network_dropout`` as a number or null."""
+    return {key: (value if key == "dropout" and not isinstance(value, str) else str(value))
+            for key, value in args.items() if value is not None or key == "dropout"}
 
 
 def optimizer_description(optimizer: Union[type, str], kwargs: Optional[Mapping[str, Any]] = None) -> str:
@@ -203,15 +207,20 @@ def ss_metadata(arch: str, prediction_type: str = "epsilon", **values: Any) -> d
     filled.update(values)
     if not filled.get("network_args"):
         filled.pop("network_args", None)  # kohya writes it only for --network_args
-    return {f"ss_{key}": _encode(key, value) for key, value in filled.items() if key in ALWAYS or value is not None}
+    return {f"ss_{key}": _encode(key, value) for key, value in filled.items()
+            if key in ALWAYS or value is not None or key in WRITTEN_AS_NULL and key in values}
 
 
 def checkpoint_metadata(
     metadata: Mapping[str, str], *, steps: int, epoch: int, finished_at: Optional[float] = None
 ) -> dict[str, str]:
-    """What kohya stamps on each save: finish time, steps and epoch so far."""
+    """What kohya stamps on each save: finish time, steps and epoch so far, and the modelspec
+    date (kohya builds the modelspec at each save)."""
     out = dict(metadata)
-    out["ss_training_finished_at"] = str(time.time() if finished_at is None else finished_at)
+    finished_at = time.time() if finished_at is None else finished_at
+    out["ss_training_finished_at"] = str(finished_at)
+    if "modelspec.date" in out:
+        out["modelspec.date"] = datetime.datetime.fromtimestamp(int(finished_at)).isoformat()
     out["ss_steps"] = str(steps)
     out["ss_epoch"] = str(epoch)
     return out

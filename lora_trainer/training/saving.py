@@ -70,7 +70,7 @@ class EpochSaver:
             network_dim=c.network_dim,  # kohya writes the option as given ("None" when unset)
             network_alpha=c.network_alpha,
             network_dropout=c.network_dropout,
-            network_args=c.network_kwargs or None,
+            network_args=_recorded_network_args(c),
             mixed_precision=c.mixed_precision,
             full_fp16=c.full_fp16,
             clip_skip=c.clip_skip,
@@ -149,3 +149,14 @@ class EpochSaver:
             Path(removed).with_suffix(".json").unlink(missing_ok=True)
             self.log(f"removed {removed} (save_last_n_epochs={self.config.save_last_n_epochs})")
         return path
+
+
+def _recorded_network_args(config) -> Optional[dict]:
+    """kohya records --network_args with ``dropout`` (--network_dropout, possibly null) appended
+    unless the args name one; nothing without --network_args."""
+    if not config.network_kwargs:
+        return None
+    args = dict(config.network_kwargs)
+    args.setdefault("dropout", config.network_dropout)
+    return args
+
