@@ -418,6 +418,9 @@ def validate(config: TrainConfig, check_paths: bool = True) -> list[str]:
                                           or any(c in config.output_name for c in '/\\:*?"<>|')):
         errors.append(f"output_name {config.output_name!r}: use a plain file name without path characters")
     _validate_samples(config, check_paths, errors, warnings)
+    single_lr = _single_lr_conflict(config)
+    if single_lr:
+        errors.append(single_lr)
     if config.optimizer_type.lower().startswith(("dadapt", "prodigy")) and config.learning_rate < 0.1:
         warnings.append(
             f"{config.optimizer_type} adapts its step size itself; kohya's guides set learning_rate around 1.0 "
@@ -426,6 +429,28 @@ def validate(config: TrainConfig, check_paths: bool = True) -> list[str]:
     if errors:
         raise ConfigError("\n".join(errors))
     return warnings
+
+
+# These step-size-adapting optimizers refuse parameter groups with different non-zero lrs
+# (a RuntimeError at the first step, in kohya too); said up front here instead.
+_SINGLE_LR_OPTIMIZERS = {"prodigy", "dadaptation", "dadaptadam", "dadaptadampreprint", "dadaptlion", "dadaptsgd"}
+
+
+def _single_lr_conflict(config: "TrainConfig") -> Optional[str]:
+    name = config.optimizer_type.lower().rsplit(".", 1)[-1]
+    if name not in _SINGLE_LR_OPTIMIZERS:
+        return None
+    lrs = {}
+    if not config.network_train_text_encoder_only:
+        lrs["unet_lr"] = config.learning_rate if config.unet_lr is None else config.unet_lr
+    if not config.network_train_unet_only:
+        lrs["text_encoder_lr"] = config.learning_rate if config.text_encoder_lr is None else config.text_encoder_lr
+    used = {k: v for k, v in lrs.items() if v}
+    if len(set(used.values())) <= 1:
+        return None
+    given = ", ".join(f"{k} = {v:g}" for k, v in used.items())
+    return (f"{config.optimizer_type} takes one learning rate for every part ({given}): set unet_lr and "
+            "text_encoder_lr to the same value, or text_encoder_lr = 0 to train the UNet only")
 
 
 def _validate_samples(config: TrainConfig, check_paths: bool, errors: list[str], warnings: list[str]) -> None:

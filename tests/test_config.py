@@ -77,3 +77,14 @@ def test_kohya_sectioned_toml_is_flattened_and_round_trips(tmp_path, data_dir):
 def test_bad_values_are_rejected_with_the_option_named(data_dir, key, value, needle):
     with pytest.raises(ConfigError, match=needle):
         from_dict({"train_data_dir": data_dir, "enable_bucket": True, key: value})
+
+
+@pytest.mark.parametrize("optimizer", ["Prodigy", "DAdaptAdam", "dadaptation", "DAdaptLion", "prodigyopt.Prodigy"])
+def test_one_lr_optimizers_refuse_different_part_lrs_up_front(optimizer, tmp_path):
+    base = {"train_data_dir": str(tmp_path), "optimizer_type": optimizer, "learning_rate": 1.0}
+    with pytest.raises(ConfigError, match="unet_lr = 1, text_encoder_lr = 0.5"):
+        from_dict({**base, "text_encoder_lr": 0.5})
+    from_dict({**base, "text_encoder_lr": 0})  # UNet only: one group
+    from_dict({**base, "unet_lr": 0.5, "text_encoder_lr": 0.5})
+    from_dict({**base, "text_encoder_lr": 0.5, "network_train_unet_only": True})
+    from_dict({**base, "optimizer_type": "DAdaptAdaGrad", "text_encoder_lr": 0.5})  # takes differing lrs
