@@ -638,3 +638,19 @@ def test_in_a_real_webui(tmp_path, tiny_checkpoints, dataset, tmp_path_factory, 
     written_tensors = read_tensors(tmp_path / "out" / "t.safetensors")
     assert written_tensors.keys() == expected.keys()
     assert max(float((written_tensors[k].float() - expected[k].float()).abs().max()) for k in expected) < 1e-3
+
+
+def test_refresh_loras_forgets_the_cached_prompt_conditioning(webui, host, monkeypatch):
+    """The WebUI caches conds by prompt text and LoRA names, not file contents: after a LoRA file is
+    rewritten the same prompt must be encoded again."""
+    import types
+
+    class StableDiffusionProcessing:
+        cached_c = [("sks", 20, "lt:1"), "stale cond"]
+        cached_uc = [("", 20), "stale uncond"]
+
+    module = types.ModuleType("modules.processing")
+    module.StableDiffusionProcessing = StableDiffusionProcessing
+    monkeypatch.setitem(sys.modules, "modules.processing", module)
+    host.refresh_loras()
+    assert StableDiffusionProcessing.cached_c == [None, None] and StableDiffusionProcessing.cached_uc == [None, None]

@@ -496,6 +496,65 @@ def test_jobs_run_on_forges_main_thread_under_the_queue_lock(forge, host, tiny_c
     assert forge.main_thread.finished_list == []
 
 
+def test_a_loop_ended_by_an_earlier_task_gives_an_error_not_a_hang(forge, host):
+    """Forge's loop catches Exception only: a BaseException from another task ahead of ours ends the
+    loop thread, and our job, queued behind it, would wait forever holding the queue lock."""
+    fake_forge.start_main_thread(forge)
+    release = threading.Event()
+
+    def killer():
+        release.wait(10)
+        raise SystemExit("another extension's task")
+
+    forge.main_thread.async_run(killer)
+    deadline = time.time() + 10
+    while time.time() < deadline and forge.main_thread.waiting_list:
+        time.sleep(0.01)  # the loop has taken the killer and is running it
+    outcome = {}
+
+    def job():
+        try:
+            outcome["value"] = host.run_exclusive(lambda: "ran", title="after the killer")
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=job, daemon=True)  # daemon: a hang must not keep pytest alive
+    runner.start()
+    deadline = time.time() + 10
+    while time.time() < deadline and len(forge.main_thread.waiting_list) < 1:
+        time.sleep(0.01)
+    assert len(forge.main_thread.waiting_list) == 1  # ours, behind the running killer
+    release.set()
+    runner.join(10)
+    assert not runner.is_alive(), "the job waited forever for a dead loop"
+    assert isinstance(outcome.get("error"), RuntimeError) and "restart Forge" in str(outcome["error"])
+    assert not forge.call_queue.queue_lock.locked() and forge.main_thread.waiting_list == []
+
+
+def test_refresh_loras_forgets_the_cached_prompt_conditioning(forge, host, monkeypatch):
+    import types
+
+    class StableDiffusionProcessing:
+        cached_c = [("sks", 20, "lt_style:1"), "stale cond", None]
+        cached_uc = [("", 20), "stale uncond", None]
+
+    class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
+        cached_hr_c = [("sks",), "stale hr", None]
+        cached_hr_uc = [None, None, None]
+
+    module = types.ModuleType("modules.processing")
+    module.StableDiffusionProcessing = StableDiffusionProcessing
+    module.StableDiffusionProcessingTxt2Img = StableDiffusionProcessingTxt2Img
+    monkeypatch.setitem(sys.modules, "modules.processing", module)
+    held = StableDiffusionProcessing.cached_c  # what a running generation holds
+    host.refresh_loras()
+    assert StableDiffusionProcessing.cached_c == [None, None, None]
+    assert StableDiffusionProcessing.cached_uc == [None, None, None]
+    assert StableDiffusionProcessingTxt2Img.cached_hr_c == [None, None, None]
+    assert held[1] == "stale cond" and held is not StableDiffusionProcessing.cached_c
+    assert "cached_c" not in StableDiffusionProcessingTxt2Img.__dict__  # the subclass still reads the base's
+
+
 def test_without_a_running_main_loop_the_job_runs_here(forge, host):
     assert host.run_exclusive(lambda: threading.current_thread().name, title="here") == \
         threading.current_thread().name

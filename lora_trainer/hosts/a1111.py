@@ -77,6 +77,7 @@ from .webui_common import (
     HostRefusal,
     block_gradient_checkpointing,
     frozen_and_restored,
+    forget_cached_conds,
     lora_extension_module,
     lora_extension_unmerged,
     module_device,
@@ -159,6 +160,7 @@ class A1111Host:
 
     def refresh_loras(self) -> None:
         """Re-scan the LoRA folders so the Lora tab and ``<lora:...>`` find new files."""
+        forget_cached_conds()  # a rewritten file must not meet its old text-encoder output
         networks = lora_extension_module()
         if networks is None or not hasattr(networks, "list_available_networks"):
             return
@@ -300,6 +302,7 @@ class A1111Host:
                     module.to(device)
             if lowvram is not None and hasattr(lowvram, "module_in_gpu"):
                 lowvram.module_in_gpu = in_gpu
+            forget_cached_conds()  # they were encoded with the LoRA being trained applied
             for key, value in counters.items():
                 setattr(state, key, value)
         return paths

@@ -86,6 +86,7 @@ from .webui_common import (
     HostRefusal,
     _files_changed_on_disk,
     block_gradient_checkpointing,
+    forget_cached_conds,
     module_device,
     module_dtype,
     release_memory,
@@ -160,7 +161,7 @@ class ForgeHost(A1111Host):
                 box["error"] = exc
 
         task_id = main_thread.async_run(task)
-        _wait_for_task(main_thread, task_id)
+        _wait_for_task(main_thread, task_id, loop_thread)
         if "error" in box:
             raise box.pop("error")
         return box["result"]
@@ -168,7 +169,9 @@ class ForgeHost(A1111Host):
     # ------------------------------------------------------------------ files
 
     def refresh_loras(self) -> None:
-        """Re-scan the LoRA folder; forget LoRA files Forge cached that were rewritten since."""
+        """Re-scan the LoRA folder; forget LoRA files Forge cached that were rewritten since, and the
+        prompt conditioning cached with them."""
+        forget_cached_conds()
         networks = _forge_lora_module()
         if networks is None:
             return
@@ -240,17 +243,26 @@ def _loop_thread(main_thread) -> Optional[threading.Thread]:
     return None
 
 
-def _wait_for_task(main_thread, task_id) -> None:
+def _wait_for_task(main_thread, task_id, loop_thread: Optional[threading.Thread] = None) -> None:
     """Wait until the loop has finished ``task_id``, then take it off ``finished_list`` (Forge's own
-    ``run_and_wait_result`` polls the same way; a task left there would stay forever)."""
+    ``run_and_wait_result`` polls the same way; a task left there would stay forever). Forge's loop
+    catches only Exception: if a task ahead of ours ended the loop thread, ours never runs, so this
+    gives up (and the caller releases the queue lock) instead of waiting forever."""
     while True:
         time.sleep(0.01)
+        loop_dead = loop_thread is not None and not loop_thread.is_alive()  # read before the finished list
         for task in list(main_thread.finished_list):
             if getattr(task, "task_id", None) == task_id:
                 with main_thread.lock:
                     if task in main_thread.finished_list:
                         main_thread.finished_list.remove(task)
                 return
+        if loop_dead:
+            with main_thread.lock:
+                main_thread.waiting_list[:] = [t for t in main_thread.waiting_list
+                                               if getattr(t, "task_id", None) != task_id]
+            raise RuntimeError("Forge's main-thread loop has stopped (an earlier task ended it) before this job "
+                               "ran; restart Forge")
 
 
 # ------------------------------------------------------------------ the engine

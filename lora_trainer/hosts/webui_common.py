@@ -40,6 +40,22 @@ class HostRefusal(RuntimeError):
     """The WebUI's current set-up cannot train; the message says what to change."""
 
 
+def forget_cached_conds() -> None:
+    """Drop the WebUI's cached prompt conditioning (``StableDiffusionProcessing.cached_c`` / ``cached_uc``,
+    txt2img's ``cached_hr_*``). Its key holds the prompt text and the LoRA names and weights, not the
+    files: after a LoRA file is rewritten (a new training, Publish with overwrite), or after samples
+    were encoded with the LoRA being trained applied, the same prompt would reuse a stale text-encoder
+    output. Fresh lists replace the class attributes: a generation running now keeps writing into the
+    lists it already holds, the next one starts empty."""
+    processing = sys.modules.get("modules.processing")
+    for class_name in ("StableDiffusionProcessing", "StableDiffusionProcessingTxt2Img"):
+        cls = getattr(processing, class_name, None)
+        for name in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
+            value = cls.__dict__.get(name) if isinstance(cls, type) else None
+            if isinstance(value, list):
+                setattr(cls, name, [None] * len(value))
+
+
 def release_memory(device: Optional[torch.device] = None) -> None:
     """Collect garbage and, on CUDA, give cached blocks back to the driver."""
     gc.collect()
