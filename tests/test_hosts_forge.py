@@ -422,6 +422,23 @@ def test_a_load_that_needs_cpu_swap_is_refused_and_undone(forge, host, tiny_chec
     assert not any(m.model_accelerated for m in forge.memory_management.current_loaded_models)
 
 
+def test_transformer_blocks_wrapped_by_another_extension_are_refused(forge, host, tiny_checkpoints, dataset,
+                                                                     tmp_path):
+    engine = fake_forge.load(forge, tiny_checkpoints("sd1"))
+    block = next(m for m in engine.forge_objects.unet.model.diffusion_model.modules()
+                 if type(m).__name__ == "BasicTransformerBlock")
+
+    def some_extensions_forward(*args, **kwargs):
+        return type(block).forward(block, *args, **kwargs)
+
+    block.forward = some_extensions_forward
+    before = forge_fingerprint(engine)
+    with pytest.raises(HostRefusal, match="some_extensions_forward"):
+        train_in_forge(host, make_config(tiny_checkpoints("sd1"), dataset, tmp_path / "out"))
+    assert_same(forge_fingerprint(engine), before)
+    assert block.__dict__["forward"] is some_extensions_forward
+
+
 def test_other_models_are_refused_with_what_to_do(forge, host, tiny_checkpoints, dataset, tmp_path):
     engine = fake_forge.load(forge, tiny_checkpoints("sd1"))
     config = make_config(tiny_checkpoints("sd1"), dataset, tmp_path / "out")

@@ -568,9 +568,18 @@ def _out_of_place_forward(block: nn.Module) -> Callable:
 def _backward_safe_transformer_blocks(unet: nn.Module) -> Iterator[int]:
     """Every ``BasicTransformerBlock`` of ``unet`` computes out of place inside the block (an
     instance ``forward``, removed on exit). Yields how many."""
+    blocks = [m for m in unet.modules() if type(m).__name__ == "BasicTransformerBlock"]
+    wrapped = [m for m in blocks if "forward" in m.__dict__]
+    if wrapped:
+        owner = getattr(wrapped[0].__dict__["forward"], "__qualname__", repr(wrapped[0].__dict__["forward"]))
+        raise HostRefusal(
+            f"{len(wrapped)} of the UNet's transformer blocks run a forward put there by something else "
+            f"({owner}); their in-place residual adds cannot be made safe for training. Disable the extension "
+            "that wraps them (or restart Forge) and train again"
+        )
     installed = []
-    for module in unet.modules():
-        if type(module).__name__ == "BasicTransformerBlock" and "forward" not in module.__dict__:
+    for module in blocks:
+        if "forward" not in module.__dict__:
             forward = _out_of_place_forward(module)
             module.forward = forward
             installed.append((module, forward))
