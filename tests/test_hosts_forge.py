@@ -803,3 +803,20 @@ def test_run_comparison_runs_the_xyz_runner_as_a_forge_job_on_the_main_thread(fo
     assert seen == {"thread": "forge-main-thread", "locked": True, "job": "LoRA Trainer: epoch comparison",
                     "comparison": "the comparison", "save_grid": False, "remembered": "result"}
     assert_job_closed(forge)
+
+
+def test_refresh_loras_marks_stale_only_between_generations(forge, host):
+    """A generation ends by writing the LoRA hashes it merged: marking them stale meanwhile would be
+    lost, so refresh_loras waits for the queue lock (here held as a running generation holds it)."""
+    lock = forge.call_queue.queue_lock
+    lock.acquire()
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (host.refresh_loras(), done.set()), daemon=True)
+    worker.start()
+    time.sleep(0.3)
+    waited = not done.is_set()
+    lock.release()
+    worker.join(10)
+    assert waited and done.is_set()
+    assert host.run_exclusive(lambda: (host.refresh_loras(), "inside a job: no wait")[1], title="j") == \
+        "inside a job: no wait"

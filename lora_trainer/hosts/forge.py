@@ -74,7 +74,7 @@ import os
 import sys
 import threading
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Callable, Iterator, Optional, TypeVar
 
 import torch
@@ -177,7 +177,15 @@ class ForgeHost(A1111Host):
             return
         if hasattr(networks, "list_available_networks"):
             networks.list_available_networks()
-        _forget_rewritten_loras(networks, self._log)
+        if _in_job():
+            _forget_rewritten_loras(networks, self._log)
+            return
+        # A generation ends by writing the LoRA hashes it merged; marking them stale meanwhile
+        # would be overwritten, so this waits for the queue lock (a running generation's end).
+        call_queue = _optional_module("modules.call_queue")
+        lock = getattr(call_queue, "queue_lock", None)
+        with (lock if lock is not None else nullcontext()):
+            _forget_rewritten_loras(networks, self._log)
 
     # ------------------------------------------------------------------ model
 
