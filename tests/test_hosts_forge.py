@@ -820,3 +820,33 @@ def test_refresh_loras_marks_stale_only_between_generations(forge, host):
     assert waited and done.is_set()
     assert host.run_exclusive(lambda: (host.refresh_loras(), "inside a job: no wait")[1], title="j") == \
         "inside a job: no wait"
+
+
+def test_samples_during_training_in_forge_use_the_core_sampler_and_change_nothing(
+        forge, host, tiny_checkpoints, dataset, tmp_path, tmp_path_factory):
+    """Forge's txt2img would re-merge LoRAs into the weights being trained, so the core's sampler
+    draws the samples over the lent (Forge) model; the file is still the CLI's, bit for bit."""
+    expected, _ = reference(tiny_checkpoints, dataset, tmp_path_factory, "sd1")
+    engine = fake_forge.load(forge, tiny_checkpoints("sd1"))
+    before = forge_fingerprint(engine)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("sks, circle --w 64 --h 64 --s 2 --d 5\n", encoding="utf-8")
+    out = tmp_path / "out"
+    config = make_config(tiny_checkpoints("sd1"), dataset, out, sample_every_n_epochs=1, sample_at_first=True,
+                         sample_prompts=str(prompts), sample_sampler="euler_a")
+    events = []
+
+    def job():
+        with host.lend_model() as model:
+            return train(config, model, on_progress=events.append, host=host, **QUIET)
+
+    host.run_exclusive(job, title="Training LoRA t")
+    samples = [e for e in events if e.kind == "sample"]
+    assert [(e.epoch, e.step) for e in samples] == [(0, 0), (1, 4)]
+    from PIL import Image
+
+    images = [Image.open(e.path) for e in samples]
+    assert all(image.size == (64, 64) for image in images)
+    assert images[0].tobytes() != images[1].tobytes()  # the trained LoRA was applied when sampling
+    assert_same_file(read_tensors(out / "t.safetensors"), expected)
+    assert_same(forge_fingerprint(engine), before)
