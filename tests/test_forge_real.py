@@ -188,10 +188,10 @@ def _txt2img(forge: Forge, prompt: str) -> tuple[bytes, str]:
     return image.convert("RGB").tobytes(), json.loads(out["info"]).get("infotexts", [""])[0]
 
 
-def _train(forge: Forge, dataset: Path, name: str, epochs: int) -> dict:
+def _train(forge: Forge, dataset: Path, name: str, epochs: int, **extra) -> dict:
     body = {"train_data_dir": str(dataset), "output_name": name, "resolution": "64", "min_bucket_reso": 64,
             "train_batch_size": 2, "network_dim": 4, "network_alpha": 2, "learning_rate": 1e-3,
-            "max_train_epochs": epochs, "save_every_n_epochs": 1, "seed": 1, "trigger_word": "sks"}
+            "max_train_epochs": epochs, "save_every_n_epochs": 1, "seed": 1, "trigger_word": "sks", **extra}
     job_id = forge.ok("POST", "/lora_trainer/v1/train", body)["job_id"]
     deadline = time.monotonic() + TRAIN_TIMEOUT
     while time.monotonic() < deadline:
@@ -210,7 +210,7 @@ def test_extension_loaded(forge):
     assert "[LoRA Trainer] the tab could not be built" not in forge.log_tail(10**7)
 
 
-def test_train_in_forge_then_compare_the_epochs(forge, dataset):
+def test_train_in_forge_then_compare_the_epochs(forge, dataset, tmp_path):
     # the first job of a fresh Forge: nothing is loaded yet (FakeInitialModel); the training loads it
     _train(forge, dataset, "lt_style", epochs=1)
     assert "Forge had not loaded it yet" in forge.log_tail(10**7)
@@ -220,7 +220,13 @@ def test_train_in_forge_then_compare_the_epochs(forge, dataset):
     styled, info = _txt2img(forge, "sks, circle <lora:lt_style:1>")
     assert styled != baseline and "lt_style" in info
 
-    status = _train(forge, dataset, NAME, epochs=2)
+    # samples every epoch, drawn by the core's sampler over Forge's lent model
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("sks, circle --w 64 --h 64 --s 2 --d 7\n", encoding="utf-8")
+    status = _train(forge, dataset, NAME, epochs=2, sample_every_n_epochs=1, sample_prompts=str(prompts),
+                    sample_sampler="euler_a")
+    assert [s["epoch"] for s in status.get("samples") or []] == [1, 2], status.get("samples")
+    assert all(Path(s["path"]).is_file() for s in status["samples"])
     names = sorted(Path(p).name for p in status["files"])
     assert names == [f"{NAME}-000001.safetensors", f"{NAME}.safetensors"]
     forge.ok("POST", "/sdapi/v1/refresh-loras")
