@@ -233,14 +233,20 @@ def register(
 ) -> bool:
     """Add the routes to ``app`` (the WebUI's FastAPI app, from ``on_app_started``).
     Returns False when they are there already (a second call for the same app)."""
-    prefix = options.get("prefix", PREFIX)
+    return include_once(app, "lora_trainer_api_prefixes", options.get("prefix", PREFIX),
+                        lambda: build_router(get_manager, api_auth, **options))
+
+
+def include_once(app, registry: str, prefix: str, build: Callable[[], Any]) -> bool:
+    """``app.include_router(build())`` unless routes of this ``registry`` name were already added
+    under ``prefix`` (the WebUI calls on_app_started again on a UI reload). Returns whether it added them."""
     holder = getattr(app, "state", app)
-    done = getattr(holder, "lora_trainer_api_prefixes", None)
+    done = getattr(holder, registry, None)
     if done is None:
         done = set()
-        setattr(holder, "lora_trainer_api_prefixes", done)
+        setattr(holder, registry, done)
     if prefix in done:
         return False
-    app.include_router(build_router(get_manager, api_auth, **options))
+    app.include_router(build())
     done.add(prefix)
     return True

@@ -266,17 +266,17 @@ def register_routes(app, *, get_host: Callable[[], Any], get_manager: Optional[C
     Folders must lie inside the Lora folder (or ``extra_dirs()``). ``api_auth`` as for
     :func:`lora_trainer.api.register`. Returns False when the routes are there already.
     """
+    from ..api import include_once
+
+    return include_once(app, "lora_trainer_compare_prefixes", prefix,
+                        lambda: _compare_router(get_host, get_manager, api_auth, extra_dirs, prefix))
+
+
+def _compare_router(get_host, get_manager, api_auth, extra_dirs, prefix):
     from fastapi import APIRouter, Body, Depends, HTTPException
 
     from ..api import auth_dependency
 
-    holder = getattr(app, "state", app)
-    done = getattr(holder, "lora_trainer_compare_prefixes", None)
-    if done is None:
-        done = set()
-        setattr(holder, "lora_trainer_compare_prefixes", done)
-    if prefix in done:
-        return False
     auth = auth_dependency(api_auth)
     router = APIRouter(prefix=prefix, dependencies=[Depends(auth)] if auth else [], tags=["LoRA Trainer"])
 
@@ -354,6 +354,4 @@ def register_routes(app, *, get_host: Callable[[], Any], get_manager: Optional[C
         return {"path": str(done_.path), "user_metadata": str(done_.user_metadata_path),
                 "preview": str(done_.preview_path) if done_.preview_path else None, "source": str(done_.source)}
 
-    app.include_router(router)
-    done.add(prefix)
-    return True
+    return router
