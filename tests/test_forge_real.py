@@ -31,13 +31,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shlex
-import signal
-import socket
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -50,83 +44,16 @@ if not WEBUI_DIR:
 if not (Path(WEBUI_DIR).expanduser() / "modules_forge").is_dir():
     pytest.skip(f"WEBUI_DIR={WEBUI_DIR} is not a Forge checkout (no modules_forge/)", allow_module_level=True)
 
+from webui_process import WebUIProcess, running_webui  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 CPU_ARGS = "--always-cpu --skip-torch-cuda-test"
-START_TIMEOUT = float(os.environ.get("WEBUI_START_TIMEOUT", "900"))
 TRAIN_TIMEOUT = 1800.0
 FINISHED = ("done", "failed", "interrupted", "cancelled")
 NAME = "lt_forge_test"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Forge:
-    """A running Forge process and a tiny JSON client for it."""
-
-    def __init__(self, process, port: int, log_path: Path, data_dir: Path):
-        self.process, self.base, self.log_path, self.data_dir = process, f"http://127.0.0.1:{port}", log_path, data_dir
-
-    def log_tail(self, chars: int = 8000) -> str:
-        try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
-        except OSError:
-            return "(no log)"
-
-    def request(self, method: str, path: str, body=None, timeout: float = 1200.0):
-        data = None if body is None else json.dumps(body).encode("utf-8")
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data is not None else {})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                status, raw = resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            status, raw = exc.code, exc.read()
-        text = raw.decode("utf-8", errors="replace")
-        try:
-            return status, json.loads(text)
-        except ValueError:
-            return status, text
-
-    def ok(self, method: str, path: str, body=None, timeout: float = 1200.0):
-        status, payload = self.request(method, path, body, timeout=timeout)
-        assert status == 200, f"{method} {path} -> {status}: {str(payload)[:2000]}\n--- Forge log ---\n{self.log_tail()}"
-        return payload
-
-    def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGINT)
-            self.process.wait(timeout=30)
-        except (subprocess.TimeoutExpired, ProcessLookupError, PermissionError):
-            pass
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            self.process.wait(timeout=30)
-
-
-def _wait_started(forge: Forge) -> None:
-    """Our routes are added by the app_started callback, after /sdapi/ answers; Forge prints
-    "Startup time" once the callbacks have run."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if forge.process.poll() is not None:
-            pytest.fail(f"Forge exited with code {forge.process.returncode} while starting\n{forge.log_tail()}")
-        try:
-            status, _ = forge.request("GET", "/lora_trainer/v1/jobs", timeout=10)
-            if status == 200 or (status == 404 and "Startup time:" in forge.log_tail(10**7)):
-                return
-        except (urllib.error.URLError, ConnectionError, OSError):
-            pass
-        time.sleep(2)
-    pytest.fail(f"Forge did not answer within {START_TIMEOUT:.0f} s\n{forge.log_tail()}")
+Forge = WebUIProcess  # the annotations below name it
 
 
 @pytest.fixture(scope="module")
@@ -142,28 +69,9 @@ def forge(tmp_path_factory):
     (data_dir / "extensions" / "lora_trainer").symlink_to(REPO, target_is_directory=True)
     ckpt = write_tiny_checkpoint("sd1", data_dir / "models" / "Stable-diffusion" / "lt-forge-sd1.safetensors",
                                  size="forge")["checkpoint"]
-    port = _free_port()
-    args = [str(python), "launch.py", "--data-dir", str(data_dir), "--ckpt", str(ckpt), "--api", "--port", str(port),
-            "--skip-prepare-environment", "--skip-version-check", "--skip-install", "--no-download-sd-model",
-            "--do-not-download-clip", *shlex.split(os.environ.get("WEBUI_ARGS", CPU_ARGS))]
-    env = {k: v for k, v in os.environ.items() if k not in ("COMMANDLINE_ARGS", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               GRADIO_ANALYTICS_ENABLED="False", GRADIO_SERVER_NAME="127.0.0.1",  # loopback only
-               PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
-    env.setdefault("OMP_NUM_THREADS", "2")
-    log_path = data_dir / "forge.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(args, cwd=str(forge_dir), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-    running = Forge(process, port, log_path, data_dir)
-    try:
-        _wait_started(running)
-        running.ok("POST", "/sdapi/v1/options", {"live_previews_enable": False})
+    with running_webui(python, forge_dir, data_dir, ckpt, cpu_args=CPU_ARGS, name="Forge", log_name="forge.log",
+                       request_timeout=1200.0) as running:
         yield running
-    finally:
-        running.stop()
-        if os.environ.get("WEBUI_KEEP"):
-            print(f"\nForge data dir kept: {data_dir} (log: {log_path})")
 
 
 @pytest.fixture(scope="module")

@@ -46,15 +46,8 @@ import base64
 import io
 import json
 import os
-import shlex
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -67,10 +60,11 @@ if not WEBUI_DIR:
 if (Path(WEBUI_DIR).expanduser() / "modules_forge").is_dir():
     pytest.skip("WEBUI_DIR is a Forge checkout: tests/test_forge_real.py tests it", allow_module_level=True)
 
+from webui_process import WebUIProcess, running_webui  # noqa: E402
+
 REPO = Path(__file__).resolve().parent.parent
 NAME = "lt_webui_test"
 CPU_ARGS = "--skip-torch-cuda-test --use-cpu all --no-half --precision full"
-START_TIMEOUT = float(os.environ.get("WEBUI_START_TIMEOUT", "900"))
 TRAIN_TIMEOUT = 900.0
 FINISHED = ("done", "failed", "interrupted", "cancelled")
 
@@ -84,62 +78,7 @@ def _webui_python(webui: Path) -> Path:
     return webui / "venv" / "bin" / "python"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class WebUI:
-    """A running WebUI process and a tiny JSON client for it."""
-
-    def __init__(self, process: subprocess.Popen, port: int, log_path: Path, data_dir: Path):
-        self.process = process
-        self.base = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        self.data_dir = data_dir
-
-    def log_tail(self, chars: int = 8000) -> str:
-        try:
-            return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
-        except OSError:
-            return "(no log)"
-
-    def request(self, method: str, path: str, body=None, timeout: float = 600.0):
-        """(status, parsed JSON or text)."""
-        data = None if body is None else json.dumps(body).encode("utf-8")
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"} if data is not None else {})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                status, raw = resp.status, resp.read()
-        except urllib.error.HTTPError as exc:
-            status, raw = exc.code, exc.read()
-        text = raw.decode("utf-8", errors="replace")
-        try:
-            return status, json.loads(text)
-        except ValueError:
-            return status, text
-
-    def ok(self, method: str, path: str, body=None, timeout: float = 600.0):
-        status, payload = self.request(method, path, body, timeout=timeout)
-        assert status == 200, f"{method} {path} -> {status}: {str(payload)[:2000]}\n--- WebUI log ---\n{self.log_tail()}"
-        return payload
-
-    def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        try:  # the whole process group this test started (launch.py may have children)
-            os.killpg(self.process.pid, signal.SIGINT) if os.name != "nt" else self.process.terminate()
-            self.process.wait(timeout=30)
-        except (subprocess.TimeoutExpired, ProcessLookupError, PermissionError):
-            pass
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL) if os.name != "nt" else self.process.kill()
-            except (ProcessLookupError, PermissionError):
-                pass
-            self.process.wait(timeout=30)
+WebUI = WebUIProcess  # the annotations below name it
 
 
 def _link_extension(extensions: Path) -> Path:
@@ -151,24 +90,6 @@ def _link_extension(extensions: Path) -> Path:
         ignore = shutil.ignore_patterns(".git", ".venv*", "__pycache__", "*.pyc", ".pytest_cache", "out", "demo_out")
         shutil.copytree(REPO, target, ignore=ignore)
     return target
-
-
-def _wait_started(ui: WebUI) -> None:
-    """Until the start-up is over. /sdapi/ answers a moment before the app_started
-    callbacks (where our routes are added) have run; the WebUI prints "Startup time"
-    after them, so wait for our route or for that line."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if ui.process.poll() is not None:
-            pytest.fail(f"the WebUI exited with code {ui.process.returncode} while starting\n{ui.log_tail()}")
-        try:
-            status, _ = ui.request("GET", "/lora_trainer/v1/jobs", timeout=10)
-            if status == 200 or (status == 404 and "Startup time:" in ui.log_tail(10**7)):
-                return
-        except (urllib.error.URLError, ConnectionError, OSError):
-            pass
-        time.sleep(2)
-    pytest.fail(f"the WebUI did not answer within {START_TIMEOUT:.0f} s\n{ui.log_tail()}")
 
 
 OPEN_CLIP_PRELOAD = """# written by tests/test_webui_real.py: the tiny checkpoint's OpenCLIP text tower is no
@@ -206,38 +127,9 @@ def webui(request, tmp_path_factory):
         helper.mkdir(parents=True)
         (helper / "preload.py").write_text(OPEN_CLIP_PRELOAD.format(models=str(models)), encoding="utf-8")
 
-    port = _free_port()
-    args = [
-        str(python), "launch.py",
-        "--data-dir", str(data_dir),
-        "--ckpt", str(ckpt),
-        "--api", "--port", str(port),
-        "--skip-prepare-environment", "--skip-version-check", "--skip-install",
-        "--no-download-sd-model", "--do-not-download-clip",
-        *shlex.split(os.environ.get("WEBUI_ARGS", CPU_ARGS)),
-    ]
-    env = {k: v for k, v in os.environ.items() if k not in ("COMMANDLINE_ARGS", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    env.update(
-        HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
-        GRADIO_SERVER_NAME="127.0.0.1",  # loopback only (no --listen)
-        PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8",
-    )
-    env.setdefault("OMP_NUM_THREADS", "2")
-    log_path = data_dir / "webui.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(args, cwd=str(webui_dir), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=(os.name != "nt"))
-    ui = WebUI(process, port, log_path, data_dir)
-    ui.arch = arch
-    try:
-        _wait_started(ui)
-        # live previews' "Approx NN" would download the SDXL approximation model on the first generation
-        ui.ok("POST", "/sdapi/v1/options", {"live_previews_enable": False})
+    with running_webui(python, webui_dir, data_dir, ckpt, cpu_args=CPU_ARGS) as ui:
+        ui.arch = arch
         yield ui
-    finally:
-        ui.stop()
-        if os.environ.get("WEBUI_KEEP"):
-            print(f"\nWebUI data dir kept: {data_dir} (log: {log_path})")
 
 
 @pytest.fixture(scope="module")
@@ -475,28 +367,9 @@ def webui_compare(tmp_path_factory):
     helper.mkdir(parents=True)
     (helper / "lt_test_compare.py").write_text(COMPARE_EXTENSION.format(repo=str(REPO)), encoding="utf-8")
     ckpt = write_tiny_checkpoint("sd1", data_dir / "models" / "Stable-diffusion" / "lt-tiny-sd1.safetensors")["checkpoint"]
-    port = _free_port()
-    args = [str(python), "launch.py", "--data-dir", str(data_dir), "--ckpt", str(ckpt), "--api", "--port", str(port),
-            "--skip-prepare-environment", "--skip-version-check", "--skip-install", "--no-download-sd-model",
-            "--do-not-download-clip", *shlex.split(os.environ.get("WEBUI_ARGS", CPU_ARGS))]
-    env = {k: v for k, v in os.environ.items() if k not in ("COMMANDLINE_ARGS", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
-               GRADIO_SERVER_NAME="127.0.0.1", PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
-    env.setdefault("OMP_NUM_THREADS", "2")
-    log_path = data_dir / "webui.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(args, cwd=str(webui_dir), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=(os.name != "nt"))
-    ui = WebUI(process, port, log_path, data_dir)
-    ui.arch = "sd1"
-    try:
-        _wait_started(ui)
-        ui.ok("POST", "/sdapi/v1/options", {"live_previews_enable": False})
+    with running_webui(python, webui_dir, data_dir, ckpt, cpu_args=CPU_ARGS) as ui:
+        ui.arch = "sd1"
         yield ui
-    finally:
-        ui.stop()
-        if os.environ.get("WEBUI_KEEP"):
-            print(f"\nWebUI data dir kept: {data_dir} (log: {log_path})")
 
 
 def test_compare_epochs_with_the_xyz_plot_then_publish(webui_compare, dataset):
